@@ -1,0 +1,270 @@
+//! The command line (DESIGN.md §11). Exit status: 0 success, 2 usage or config error, 1 otherwise.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_TOML, LoadError, PeerRef, SYSTEM_CONFIG, Target};
+use crate::identity::Identity;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "Mesh gateway agent: finds its peers over mDNS, pins them by certificate, carries TCP \
+             between them over DTLS+SCTP, and serves STUN/TURN on the same UDP port."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (with no config: the embedded default, or /etc/meshgate/meshgate.toml if present).
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print this node's identity (making it on first use).
+    Id {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// JSON with keys id, short_id, ipv6, fingerprint.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running node's status (through its local API).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the running node's peers (through its local API).
+    Peers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Pipe stdin/stdout through a stream to TARGET on PEER (usable as ssh ProxyCommand).
+    Connect {
+        /// Node ID or 8-character short ID.
+        peer: String,
+        /// svc:NAME or host:port.
+        target: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// Config file to take the local API address from.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Local API address (default: from the config, else 127.0.0.1:42000).
+    #[arg(long, value_name = "ADDR")]
+    api: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE; exit 0 if it is valid, 2 with the key at fault if not.
+    Check { file: PathBuf },
+    /// Print the embedded default configuration.
+    Default,
+}
+
+/// A failure and its exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Runtime(String),
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap exits 0 for --help/--version and 2 for usage errors.
+        Err(e) => e.exit(),
+    };
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("meshgate: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("meshgate: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config, state_dir } => {
+            let (config, source) = load_config(config.as_deref())?;
+            init_tracing(&config.log);
+            tracing::info!("configuration: {source}");
+            let state_dir = resolve_state_dir(state_dir.as_deref(), &config)?;
+            crate::run::run(config, state_dir).map_err(|e| Failure::Runtime(e.to_string()))
+        }
+        Command::Id {
+            config,
+            state_dir,
+            json,
+        } => {
+            let (config, _) = load_config(config.as_deref())?;
+            let state_dir = resolve_state_dir(state_dir.as_deref(), &config)?;
+            let (identity, _) = Identity::load_or_create(&state_dir)
+                .map_err(|e| Failure::Runtime(format!("identity: {e}")))?;
+            print_id(&identity, json);
+            Ok(())
+        }
+        Command::Status { api, .. } | Command::Peers { api, .. } => no_api(&api),
+        Command::Connect { peer, target, api } => {
+            peer.parse::<PeerRef>()
+                .map_err(|e| Failure::Usage(format!("connect: peer {e}")))?;
+            target
+                .parse::<Target>()
+                .map_err(|e| Failure::Usage(format!("connect: target {e} (or svc:NAME)")))?;
+            no_api(&api)
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok ({} {}, mesh {:?}, udp {})",
+                file.display(),
+                config.role,
+                if config.turn.enabled {
+                    "with TURN"
+                } else {
+                    "without TURN"
+                },
+                config.mesh,
+                config.listen
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+    }
+}
+
+fn print_id(identity: &Identity, json: bool) {
+    let id = identity.id();
+    if json {
+        let value = serde_json::json!({
+            "id": id.to_string(),
+            "short_id": id.short(),
+            "ipv6": id.ipv6().to_string(),
+            "fingerprint": id.fingerprint(),
+        });
+        println!("{value}");
+    } else {
+        println!("id          {id}");
+        println!("short_id    {}", id.short());
+        println!("ipv6        {}", id.ipv6());
+        println!("fingerprint {}", id.fingerprint());
+    }
+}
+
+/// The local API is not served yet (it comes with discovery); say so rather than pretend.
+fn no_api(args: &ApiArgs) -> Result<(), Failure> {
+    let addr = match args.api {
+        Some(a) => a,
+        None => load_config(args.config.as_deref())?.0.api,
+    };
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Err(e) => Err(Failure::Runtime(format!(
+            "no running node: nothing answers on the local API at {addr} ({e}); start one with \
+             `meshgate run`"
+        ))),
+        Ok(_) => Err(Failure::Runtime(format!(
+            "something listens on {addr}, but this build of meshgate has no local API client \
+             yet, so it cannot ask it"
+        ))),
+    }
+}
+
+/// `--config FILE`, else the system config if it exists, else the embedded default.
+fn load_config(path: Option<&Path>) -> Result<(Config, String), Failure> {
+    if let Some(path) = path {
+        return Ok((Config::load(path)?, path.display().to_string()));
+    }
+    let system = Path::new(SYSTEM_CONFIG);
+    if system.exists() {
+        return Ok((Config::load(system)?, SYSTEM_CONFIG.to_owned()));
+    }
+    Ok((Config::embedded_default(), "embedded default".to_owned()))
+}
+
+/// `--state-dir`, else `state_dir` in the config, else `$STATE_DIRECTORY` (systemd's
+/// StateDirectory=), else /var/lib/meshgate for root, else the XDG data dir, so that a user
+/// running from a checkout needs no setup.
+fn resolve_state_dir(flag: Option<&Path>, config: &Config) -> Result<PathBuf, Failure> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let found = flag
+        .map(Path::to_path_buf)
+        .or_else(|| config.state_dir.clone())
+        .or_else(|| {
+            // systemd may pass several, separated by ':'; ours is the first.
+            env("STATE_DIRECTORY")
+                .and_then(|v| v.to_string_lossy().split(':').next().map(PathBuf::from))
+        })
+        .or_else(|| {
+            nix::unistd::geteuid()
+                .is_root()
+                .then(|| "/var/lib/meshgate".into())
+        })
+        .or_else(|| env("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("meshgate")))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".local/share/meshgate")));
+    found.ok_or_else(|| {
+        Failure::Usage(
+            "no state directory: give --state-dir DIR or set state_dir in the config".into(),
+        )
+    })
+}
+
+fn init_tracing(config_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(config_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    // journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

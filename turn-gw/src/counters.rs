@@ -1,0 +1,59 @@
+//! Counters of the shared port: datagrams by kind and drops by reason. Lock-free, read by the
+//! local API; written only by the socket loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::demux::{Drop, Kind};
+
+macro_rules! counters {
+    ($($field:ident => $name:literal, $help:literal;)*) => {
+        /// Monotonic counters; see [`Counters::snapshot`] for their exported names.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// `(metric name, help, value)` for every counter, in a fixed order.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$(($name, $help, self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    rx_stun => "datagrams_stun", "STUN datagrams received (first byte 0-3)";
+    rx_dtls => "datagrams_dtls", "DTLS datagrams received (first byte 20-63)";
+    rx_channel_data => "datagrams_channel_data", "TURN ChannelData datagrams received (first byte 64-79)";
+    drop_empty => "drop_empty", "empty datagrams dropped";
+    drop_truncated => "drop_truncated", "datagrams shorter than their kind's header, dropped";
+    drop_zrtp => "drop_zrtp", "ZRTP datagrams (first byte 16-19) dropped";
+    drop_rtp => "drop_rtp", "RTP/RTCP datagrams (first byte 128-191) dropped";
+    drop_other => "drop_other", "datagrams with an unassigned first byte dropped";
+    drop_unhandled => "drop_unhandled", "classified datagrams dropped because nothing serves their kind on this node";
+    rx_bytes => "rx_bytes", "bytes received on the shared port";
+    tx_datagrams => "tx_datagrams", "datagrams sent from the shared port";
+    tx_bytes => "tx_bytes", "bytes sent from the shared port";
+    tx_errors => "tx_errors", "datagrams the kernel refused to send";
+}
+
+impl Counters {
+    pub fn count(&self, class: Result<Kind, Drop>) {
+        let c = match class {
+            Ok(Kind::Stun) => &self.rx_stun,
+            Ok(Kind::Dtls) => &self.rx_dtls,
+            Ok(Kind::ChannelData) => &self.rx_channel_data,
+            Err(Drop::Empty) => &self.drop_empty,
+            Err(Drop::Truncated(_)) => &self.drop_truncated,
+            Err(Drop::Zrtp) => &self.drop_zrtp,
+            Err(Drop::Rtp) => &self.drop_rtp,
+            Err(Drop::Other) => &self.drop_other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

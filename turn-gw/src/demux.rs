@@ -1,0 +1,102 @@
+//! The first-byte demultiplexer of the shared port (RFC 7983 §7, updated by RFC 9443 §3).
+//!
+//! A pure function over one datagram; the socket loop calls it inline for every datagram.
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// First byte 0-3: STUN (Binding, and the TURN methods).
+    Stun,
+    /// First byte 20-63: a DTLS record.
+    Dtls,
+    /// First byte 64-79: TURN ChannelData (RFC 8656 §12.5, channels 0x4000-0x4FFF).
+    ChannelData,
+}
+
+/// Why a datagram was dropped at the door. Each reason is counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Zero bytes.
+    Empty,
+    /// Its first byte names a kind, but it is shorter than that kind's fixed header.
+    Truncated(Kind),
+    /// 16-19: ZRTP. We speak no ZRTP.
+    Zrtp,
+    /// 128-191: RTP/RTCP. meshgate carries no media.
+    Rtp,
+    /// 80-127 and 192-255 (QUIC since RFC 9443) and the unassigned 4-15.
+    Other,
+}
+
+/// Smallest well-formed datagram of each kind: the STUN header (RFC 8489 §5), the DTLS record
+/// header (RFC 6347 §4.1), the ChannelData header (RFC 8656 §12.4).
+pub const STUN_HEADER: usize = 20;
+pub const DTLS_RECORD_HEADER: usize = 13;
+pub const CHANNEL_DATA_HEADER: usize = 4;
+
+/// Classifies one datagram by its first byte; checks only the length the kind's header needs.
+pub fn classify(datagram: &[u8]) -> Result<Kind, Drop> {
+    let Some(&first) = datagram.first() else {
+        return Err(Drop::Empty);
+    };
+    let (kind, min) = match first {
+        0..=3 => (Kind::Stun, STUN_HEADER),
+        20..=63 => (Kind::Dtls, DTLS_RECORD_HEADER),
+        64..=79 => (Kind::ChannelData, CHANNEL_DATA_HEADER),
+        16..=19 => return Err(Drop::Zrtp),
+        128..=191 => return Err(Drop::Rtp),
+        _ => return Err(Drop::Other),
+    };
+    if datagram.len() < min {
+        return Err(Drop::Truncated(kind));
+    }
+    Ok(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole table, written out from RFC 9443 §3 rather than derived from the code.
+    fn expected(first: u8) -> Result<Kind, Drop> {
+        match first {
+            0..=3 => Ok(Kind::Stun),
+            4..=15 => Err(Drop::Other),
+            16..=19 => Err(Drop::Zrtp),
+            20..=63 => Ok(Kind::Dtls),
+            64..=79 => Ok(Kind::ChannelData),
+            80..=127 => Err(Drop::Other),
+            128..=191 => Err(Drop::Rtp),
+            192..=255 => Err(Drop::Other),
+        }
+    }
+
+    #[test]
+    fn all_256_first_bytes_full_length() {
+        for b in 0..=255u8 {
+            let mut datagram = [0u8; 64];
+            datagram[0] = b;
+            assert_eq!(classify(&datagram), expected(b), "first byte {b}");
+        }
+    }
+
+    #[test]
+    fn all_256_first_bytes_short() {
+        for b in 0..=255u8 {
+            for len in 1..STUN_HEADER {
+                let mut datagram = vec![0u8; len];
+                datagram[0] = b;
+                let want = match expected(b) {
+                    Ok(Kind::Stun) => Err(Drop::Truncated(Kind::Stun)),
+                    Ok(Kind::Dtls) if len < DTLS_RECORD_HEADER => Err(Drop::Truncated(Kind::Dtls)),
+                    Ok(Kind::ChannelData) if len < CHANNEL_DATA_HEADER => {
+                        Err(Drop::Truncated(Kind::ChannelData))
+                    }
+                    other => other,
+                };
+                assert_eq!(classify(&datagram), want, "first byte {b}, {len} bytes");
+            }
+        }
+        assert_eq!(classify(&[]), Err(Drop::Empty));
+    }
+}
