@@ -1,1 +1,164 @@
+//! Harness for meshgate's process-level tests: child processes whose output goes to files (no
+//! pipe can fill and block them), bounded waits, and cleanup by PID even when a test panics.
+//!
+//! Integration tests that run one `meshgate` binary live in `agent/tests/` (cargo builds the
+//! binary for them: `env!("CARGO_BIN_EXE_meshgate")`); this crate is what they share.
 
+// Test support: a panic here is a test failure with a message, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Fails the test (never skips it) when `program` is missing, naming what to install.
+pub fn require(program: &str, install: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "this test needs `{program}`: install it with `{install}` (scripts/test.sh does this as root)"
+    );
+}
+
+/// A child process with stdout/stderr in files under its own temp dir, SIGKILLed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: std::process::Child,
+    pid: Pid,
+    out: PathBuf,
+    err: PathBuf,
+    status: Option<ExitStatus>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn spawn<I, S>(program: impl AsRef<OsStr>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::spawn_cmd(Command::new(program).args(args))
+    }
+
+    pub fn spawn_cmd(cmd: &mut Command) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        let err = dir.path().join("stderr");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        Self {
+            child,
+            pid,
+            out,
+            err,
+            status: None,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if self.status.is_none() {
+            let _ = kill(self.pid, signal);
+        }
+    }
+
+    /// Waits at most `limit` for the process to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                return self.status;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits at most `limit` for stderr to contain `needle`; returns the stderr so far.
+    /// Panics, with the output, if the process exits or the time runs out first.
+    pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                panic!("process exited ({status}) before printing {needle:?}; stderr:\n{text}");
+            }
+            if Instant::now() >= deadline {
+                panic!("no {needle:?} on stderr within {limit:?}; stderr:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion within `limit`; returns (status, stdout, stderr).
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
+    let mut p = Proc::spawn_cmd(cmd);
+    let status = p
+        .wait_for_exit(limit)
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within {limit:?}"));
+    (status, p.stdout(), p.stderr())
+}
+
+/// Whether a process with this PID still exists (and is not a zombie we reaped).
+pub fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+}
+
+/// The SHA-256 fingerprint openssl computes for a PEM certificate, as `AB:CD:...`.
+pub fn openssl_fingerprint(cert: &Path) -> String {
+    require("openssl", "apt-get install openssl");
+    let (status, out, err) = run_with_timeout(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(cert),
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "openssl failed: {err}");
+    out.trim()
+        .split_once('=')
+        .map(|(_, fp)| fp.to_owned())
+        .unwrap_or_else(|| panic!("unexpected openssl output {out:?}"))
+}
