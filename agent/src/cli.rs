@@ -125,11 +125,13 @@ pub fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config, state_dir } => {
-            let (config, source) = load_config(config.as_deref())?;
-            init_tracing(&config.log);
+            let config_path = config;
+            let (config, source) = load_config(config_path.as_deref())?;
+            let log = init_tracing(&config.log);
             tracing::info!("configuration: {source}");
             let state_dir = resolve_state_dir(state_dir.as_deref(), &config)?;
-            crate::run::run(config, state_dir).map_err(|e| Failure::Runtime(e.to_string()))
+            crate::run::run(config, state_dir, config_path, log)
+                .map_err(|e| Failure::Runtime(e.to_string()))
         }
         Command::Id {
             config,
@@ -250,21 +252,55 @@ fn resolve_state_dir(flag: Option<&Path>, config: &Config) -> Result<PathBuf, Fa
     })
 }
 
-fn init_tracing(config_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
+/// The running log filter, which SIGHUP can swap (`log` in the config).
+#[derive(Debug, Clone)]
+pub struct LogControl {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    /// RUST_LOG was set at start: it wins over the config, on reload too.
+    env_override: bool,
+}
+
+impl LogControl {
+    /// Applies a `log` filter from a reloaded config. `Ok(false)` when RUST_LOG overrides it.
+    pub fn set(&self, filter: &str) -> Result<bool, String> {
+        if self.env_override {
+            return Ok(false);
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|e| format!("log: {filter:?} is not a log filter: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map(|()| true)
+            .map_err(|e| format!("log: cannot swap the log filter: {e}"))
+    }
+}
+
+fn init_tracing(config_filter: &str) -> LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let from_env = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(config_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let env_override = from_env.is_some();
+    let (filter, handle) =
+        reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(config_filter)));
+    let format = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+        registry.with(format.without_time()).init();
     } else {
-        builder.init();
+        registry.with(format).init();
+    }
+    LogControl {
+        handle,
+        env_override,
     }
 }

@@ -1,16 +1,19 @@
 //! `meshgate run`: the daemon shell. Loads the identity, binds the shared port, serves until
-//! SIGINT/SIGTERM, then stops cleanly.
+//! SIGINT/SIGTERM, then stops cleanly. Tells systemd (sd_notify) when it is ready, pets its
+//! watchdog, and re-reads its config on SIGHUP.
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use turn_gw::SharedPort;
 
-use crate::config::Config;
+use crate::cli::LogControl;
+use crate::config::{Config, LoadError, SYSTEM_CONFIG};
 use crate::identity::{Identity, IdentityError};
+use crate::sdnotify::{self, Notifier, NotifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -25,6 +28,8 @@ pub enum RunError {
     Runtime(io::Error),
     #[error("the shared UDP port {addr} failed: {source}")]
     Port { addr: SocketAddr, source: io::Error },
+    #[error("systemd: {0}")]
+    Notify(#[from] NotifyError),
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -42,7 +47,20 @@ fn bind_hint(e: &io::Error) -> &'static str {
 /// How long the shutdown may take before we stop waiting for the port task.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub fn run(config: Config, state_dir: PathBuf) -> Result<(), RunError> {
+/// `config_path` is the `--config` given (None: the system config if present, else the embedded
+/// default); SIGHUP reads it again.
+pub fn run(
+    config: Config,
+    state_dir: PathBuf,
+    config_path: Option<PathBuf>,
+    log: LogControl,
+) -> Result<(), RunError> {
+    let supervision = Supervision {
+        notifier: Notifier::from_env()?,
+        watchdog: sdnotify::watchdog_interval_from_env()?,
+        config_path,
+        log,
+    };
     let (identity, created) = Identity::load_or_create(&state_dir)?;
     if created {
         tracing::info!("made a new identity in {}", identity.dir().display());
@@ -55,10 +73,14 @@ pub fn run(config: Config, state_dir: PathBuf) -> Result<(), RunError> {
         .thread_name("meshgate")
         .build()
         .map_err(RunError::Runtime)?;
-    runtime.block_on(serve(config, identity))
+    runtime.block_on(serve(config, identity, supervision))
 }
 
-async fn serve(config: Config, identity: Identity) -> Result<(), RunError> {
+async fn serve(
+    mut config: Config,
+    identity: Identity,
+    supervision: Supervision,
+) -> Result<(), RunError> {
     // Handlers first: a signal that arrives while we bind must not kill us half-started.
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
@@ -91,14 +113,19 @@ async fn serve(config: Config, identity: Identity) -> Result<(), RunError> {
     let mut port_task = tokio::spawn(port.run(async {
         let _ = stop_rx.await;
     }));
+    let mut watchdog = supervision.watchdog.map(tokio::time::interval);
+    supervision.ready(&format!(
+        "serving udp {local} as {} {}",
+        config.role,
+        id.short()
+    ));
 
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => {
-                tracing::warn!("SIGHUP: this build cannot reload its config yet; restart to apply changes");
-            }
+            _ = sighup.recv() => supervision.reload(&mut config),
+            _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
             ended = &mut port_task => {
                 let err = match ended {
                     Ok(Ok(())) => io::Error::other("stopped unexpectedly"),
@@ -109,6 +136,7 @@ async fn serve(config: Config, identity: Identity) -> Result<(), RunError> {
             }
         }
     }
+    supervision.notify("STOPPING=1");
     let _ = stop_tx.send(());
     match tokio::time::timeout(SHUTDOWN_GRACE, port_task).await {
         Ok(Ok(Ok(()))) => {}
@@ -123,4 +151,127 @@ async fn serve(config: Config, identity: Identity) -> Result<(), RunError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What ties the daemon to its service manager: sd_notify, the watchdog, SIGHUP reloads.
+#[derive(Debug)]
+struct Supervision {
+    notifier: Option<Notifier>,
+    /// How often to send WATCHDOG=1 (half of $WATCHDOG_USEC).
+    watchdog: Option<Duration>,
+    config_path: Option<PathBuf>,
+    log: LogControl,
+}
+
+/// Top-level config keys that SIGHUP applies without a restart; every other change is reported.
+const LIVE_KEYS: &[&str] = &["log"];
+
+impl Supervision {
+    fn notify(&self, message: &str) {
+        sdnotify::notify(self.notifier.as_ref(), message);
+    }
+
+    fn ready(&self, status: &str) {
+        self.notify(&format!("READY=1\nSTATUS={status}"));
+    }
+
+    /// SIGHUP: read the config again, apply what can change live, and name the changes that need
+    /// a restart. A config that does not load is logged and the running one kept.
+    fn reload(&self, running: &mut Config) {
+        self.notify("RELOADING=1");
+        match self.load() {
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the running config"),
+            Ok((new, source)) => {
+                let changed = changed_keys(running, &new);
+                let (live, restart): (Vec<_>, Vec<_>) =
+                    changed.iter().partition(|k| LIVE_KEYS.contains(k));
+                if live.contains(&&"log") {
+                    match self.log.set(&new.log) {
+                        Ok(true) => tracing::debug!("log filter is now {:?}", new.log),
+                        Ok(false) => {
+                            tracing::info!("log: RUST_LOG is set and wins over the config")
+                        }
+                        Err(e) => tracing::error!("SIGHUP: {e}"),
+                    }
+                    running.log = new.log.clone();
+                }
+                if changed.is_empty() {
+                    tracing::info!("SIGHUP: reloaded {source}: no changes");
+                } else if !live.is_empty() {
+                    tracing::info!("SIGHUP: reloaded {source}: applied {}", join(&live));
+                }
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        "SIGHUP: {source}: {} changed and need a restart to take effect (still \
+                         running with the old values)",
+                        join(&restart)
+                    );
+                }
+            }
+        }
+        self.ready("serving (config reloaded)");
+    }
+
+    fn load(&self) -> Result<(Config, String), LoadError> {
+        let path = match &self.config_path {
+            Some(path) => path.as_path(),
+            None if Path::new(SYSTEM_CONFIG).exists() => Path::new(SYSTEM_CONFIG),
+            None => return Ok((Config::embedded_default(), "the embedded default".into())),
+        };
+        Ok((Config::load(path)?, path.display().to_string()))
+    }
+}
+
+fn join(keys: &[&&str]) -> String {
+    keys.iter().map(|k| **k).collect::<Vec<_>>().join(", ")
+}
+
+/// The top-level keys whose values differ. Destructured in full so that a new config field
+/// cannot be forgotten here.
+fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let Config {
+        state_dir,
+        mesh,
+        role,
+        listen,
+        api,
+        signal,
+        log,
+        admission,
+        turn,
+        discovery,
+        services,
+        forwards,
+    } = old;
+    [
+        ("state_dir", *state_dir != new.state_dir),
+        ("mesh", *mesh != new.mesh),
+        ("role", *role != new.role),
+        ("listen", *listen != new.listen),
+        ("api", *api != new.api),
+        ("signal", *signal != new.signal),
+        ("log", *log != new.log),
+        ("admission", *admission != new.admission),
+        ("turn", *turn != new.turn),
+        ("discovery", *discovery != new.discovery),
+        ("service", *services != new.services),
+        ("forward", *forwards != new.forwards),
+    ]
+    .into_iter()
+    .filter_map(|(key, differs)| differs.then_some(key))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_names_top_level_keys() {
+        let old = Config::parse("listen = \"127.0.0.1:1\"").unwrap();
+        let new = Config::parse("listen = \"127.0.0.1:2\"\nlog = \"debug\"\n[turn]\nrealm = \"x\"")
+            .unwrap();
+        assert_eq!(changed_keys(&old, &new), ["listen", "log", "turn"]);
+        assert!(changed_keys(&old, &old).is_empty());
+    }
 }
