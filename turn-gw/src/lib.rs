@@ -1,38 +1,81 @@
 //! turn-gw: one UDP port for STUN, TURN and DTLS (DESIGN.md §4).
 //!
-//! Every datagram is classified by its first byte ([`demux::classify`], RFC 7983/9443) in the
-//! task that read it. This crate knows nothing of the agent: the agent plugs its engines in.
-//!
-//! Status: the port, the demux and its counters exist; no kind has a handler yet, so every
-//! classified datagram is dropped and counted as `drop_unhandled`. The STUN/TURN server and the
-//! DTLS hand-off come with issue 3.
+//! One task per bound socket reads every ready datagram, classifies it by its first byte
+//! ([`demux::classify`], RFC 7983/9443) inline, feeds the STUN responder, the TURN server or the
+//! plugged-in [`Sessions`] engine, and then drains every pending transmit before it sleeps
+//! again. This crate knows nothing of the agent: DTLS goes to whatever implements [`Sessions`].
 
+pub mod auth;
+pub mod binding;
 pub mod cidr;
 pub mod counters;
 pub mod demux;
+pub mod peers;
+pub mod policy;
 pub mod socket;
+pub mod stun;
+pub mod turn;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+pub use auth::Credentials;
 pub use cidr::{Cidr, ParseCidrError};
 pub use counters::Counters;
 pub use demux::{Drop, Kind, classify};
+pub use policy::RelayPolicy;
 pub use socket::{BufferSizes, SOCKET_BUFFER};
+pub use turn::{TurnConfig, TurnServer};
 
 /// Largest UDP payload we read: anything longer is truncated by the kernel and then dropped
 /// by the parsers as malformed.
 pub const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams read per wake-up before timers and transmits get their turn.
+const BATCH: usize = 256;
 
-/// One bound shared port and its counters.
-#[derive(Debug)]
+/// A datagram to send from the shared port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// The DTLS side of the shared port, called in the socket's own task for every DTLS datagram
+/// (first byte 20-63) and at the deadlines it asks for. Time is always an argument.
+pub trait Sessions: Send {
+    fn datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<Transmit>,
+    );
+    /// The next instant [`Sessions::timeout`] must be called, if any.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn timeout(&mut self, now: Instant, out: &mut Vec<Transmit>);
+}
+
+/// One bound shared port, its handlers and its counters.
 pub struct SharedPort {
-    socket: tokio::net::UdpSocket,
+    socket: Arc<tokio::net::UdpSocket>,
     local_addr: SocketAddr,
     buffers: BufferSizes,
     counters: Arc<Counters>,
+    turn: Option<TurnServer>,
+    sessions: Option<Box<dyn Sessions>>,
+}
+
+impl std::fmt::Debug for SharedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPort")
+            .field("local_addr", &self.local_addr)
+            .field("turn", &self.turn)
+            .field("sessions", &self.sessions.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SharedPort {
@@ -42,11 +85,27 @@ impl SharedPort {
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         Ok(Self {
-            socket,
+            socket: Arc::new(socket),
             local_addr,
             buffers,
             counters: Arc::new(Counters::default()),
+            turn: None,
+            sessions: None,
         })
+    }
+
+    /// Serves TURN on this port.
+    pub fn enable_turn(&mut self, config: TurnConfig) {
+        self.turn = Some(TurnServer::new(
+            config,
+            Arc::clone(&self.socket),
+            Arc::clone(&self.counters),
+        ));
+    }
+
+    /// Hands DTLS datagrams to `sessions`.
+    pub fn set_sessions(&mut self, sessions: Box<dyn Sessions>) {
+        self.sessions = Some(sessions);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -61,34 +120,156 @@ impl SharedPort {
         Arc::clone(&self.counters)
     }
 
-    /// Reads and classifies datagrams until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    /// Serves until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut out = Vec::new();
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
+            let deadline = self.sessions.as_mut().and_then(|s| s.poll_timeout());
+            let session_timer = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                received = self.socket.recv_from(&mut buf) => {
-                    let (len, from) = match received {
-                        Ok(r) => r,
-                        // ICMP port unreachable from an earlier send surfaces here on Linux;
-                        // it says nothing about this socket.
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                        Err(e) => return Err(e),
-                    };
-                    self.on_datagram(&buf[..len], from);
+                ready = self.socket.readable() => {
+                    ready?;
+                    self.drain(&mut buf, &mut out)?;
+                }
+                _ = sweep.tick() => {
+                    if let Some(turn) = &mut self.turn {
+                        turn.expire(Instant::now());
+                    }
+                }
+                () = session_timer => {
+                    if let Some(s) = &mut self.sessions {
+                        s.timeout(Instant::now(), &mut out);
+                    }
+                }
+            }
+            self.flush(&mut out).await;
+        }
+    }
+
+    /// Reads every ready datagram (up to [`BATCH`]) and handles each inline.
+    fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Transmit>) -> io::Result<()> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for _ in 0..BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((len, from)) => self.on_datagram(now, wall, &buf[..len], from, out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors for earlier sends surface here on Linux; they say nothing about
+                // this socket.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, out: &mut Vec<Transmit>) {
+        for t in out.drain(..) {
+            let mut sent = self.socket.try_send_to(&t.data, t.to);
+            if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                // The send buffer is full: wait for room rather than drop a handshake.
+                sent = self.socket.send_to(&t.data, t.to).await;
+            }
+            match sent {
+                Ok(n) => {
+                    Counters::add(&self.counters.tx_datagrams, 1);
+                    Counters::add(&self.counters.tx_bytes, n as u64);
+                }
+                Err(e) => {
+                    Counters::add(&self.counters.tx_errors, 1);
+                    tracing::trace!(to = %t.to, "send failed: {e}");
                 }
             }
         }
     }
 
-    fn on_datagram(&self, datagram: &[u8], from: SocketAddr) {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut Vec<Transmit>,
+    ) {
         Counters::add(&self.counters.rx_bytes, datagram.len() as u64);
         let class = classify(datagram);
         self.counters.count(class);
-        if let Ok(kind) = class {
-            tracing::trace!(?kind, %from, len = datagram.len(), "no handler for this kind yet");
-            Counters::add(&self.counters.drop_unhandled, 1);
+        match class {
+            Ok(Kind::Stun) => self.on_stun(now, wall, datagram, from, out),
+            Ok(Kind::ChannelData) => match &self.turn {
+                Some(turn) => turn.channel_data(now, from, datagram),
+                None => Counters::add(&self.counters.drop_unhandled, 1),
+            },
+            Ok(Kind::Dtls) => match &mut self.sessions {
+                Some(s) => s.datagram(now, from, datagram, out),
+                None => Counters::add(&self.counters.drop_unhandled, 1),
+            },
+            Err(_) => {}
+        }
+    }
+
+    fn on_stun(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut Vec<Transmit>,
+    ) {
+        let msg = match stun::Message::parse(datagram) {
+            Ok(msg) => msg,
+            Err(stun::StunError::Classic) => {
+                match binding::respond_classic(datagram, from) {
+                    Some(data) => {
+                        Counters::add(&self.counters.stun_binding, 1);
+                        out.push(Transmit { to: from, data });
+                    }
+                    None => Counters::add(&self.counters.drop_malformed, 1),
+                }
+                return;
+            }
+            Err(_) => {
+                Counters::add(&self.counters.drop_malformed, 1);
+                return;
+            }
+        };
+        let reply = match (msg.method, msg.class) {
+            (stun::BINDING, stun::Class::Request) if !msg.contains(stun::USERNAME) => {
+                Counters::add(&self.counters.stun_binding, 1);
+                Some(binding::respond(&msg, from))
+            }
+            // An ICE connectivity check: answered once ICE-lite exists (issue 7).
+            (stun::BINDING, stun::Class::Request) => {
+                Counters::add(&self.counters.drop_unhandled, 1);
+                None
+            }
+            (stun::BINDING, _) => None,
+            _ => match &mut self.turn {
+                Some(turn) => turn.handle(now, wall, from, self.local_addr, &msg),
+                None if msg.class == stun::Class::Request => {
+                    Counters::add(&self.counters.stun_refused, 1);
+                    Some(
+                        stun::Builder::response(&msg, stun::Class::Error)
+                            .error(400, "Bad Request: TURN is not enabled on this node")
+                            .fingerprint()
+                            .finish(),
+                    )
+                }
+                None => None,
+            },
+        };
+        if let Some(data) = reply {
+            out.push(Transmit { to: from, data });
         }
     }
 }

@@ -21,11 +21,19 @@ pub struct BufferSizes {
 /// An IPv6 address binds IPv6 only (`IPV6_V6ONLY`), so that `0.0.0.0:p` and `[::]:p` can be
 /// bound side by side and a reply always leaves from the family its request came in on.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, BufferSizes)> {
+    bind_udp_with(addr, SOCKET_BUFFER)
+}
+
+/// [`bind_udp`] with a chosen buffer size.
+pub fn bind_udp_with(
+    addr: SocketAddr,
+    buffer: usize,
+) -> io::Result<(std::net::UdpSocket, BufferSizes)> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    set_buffers(&socket, SOCKET_BUFFER);
+    set_buffers(&socket, buffer);
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     let sizes = BufferSizes {

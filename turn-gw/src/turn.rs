@@ -1,0 +1,655 @@
+//! The embedded TURN server (RFC 8656, UDP relaying), run inline in the shared port's loop.
+//!
+//! Requests are decided here; each allocation owns a relay socket and one task that carries
+//! peer -> client datagrams straight to the shared socket. Client -> peer datagrams are sent on
+//! the relay socket from the loop that read them: no datagram hops between tasks.
+//!
+//! Why not the `turn` crate's server: it has no hook to refuse a peer at CreatePermission (the
+//! policy must answer 403, RFC 8656 §9.1), no quotas, and it answers 400 for bad integrity where
+//! RFC 8489 says 401. Its wire helpers need the `stun` crate, which we replaced (see stun.rs).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+
+use crate::auth::{Credentials, NonceCheck, Nonces, Refused};
+use crate::counters::Counters;
+use crate::peers::{BindError, PeerTable};
+use crate::policy::RelayPolicy;
+use crate::stun::{self, Builder, Class, Message};
+
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// Socket buffers of a relay socket: smaller than the shared port's, there can be a thousand.
+const RELAY_BUFFER: usize = 1 << 20;
+const SOFTWARE: &[u8] = concat!("meshgate ", env!("CARGO_PKG_VERSION")).as_bytes();
+
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    pub credentials: Credentials,
+    pub policy: RelayPolicy,
+    /// Address relay sockets bind to. Unspecified: the local address that reaches the client.
+    pub relay_ip: IpAddr,
+    pub relay_ports: RangeInclusive<u16>,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+}
+
+struct Allocation {
+    username: String,
+    key: Vec<u8>,
+    relay: Arc<UdpSocket>,
+    relayed: SocketAddr,
+    expires: Instant,
+    peers: Arc<Mutex<PeerTable>>,
+    task: tokio::task::JoinHandle<()>,
+    /// The Allocate transaction and our answer, for retransmissions (RFC 8656 §7.2).
+    allocate_txid: [u8; 12],
+    allocate_response: Vec<u8>,
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Who a request authenticated as.
+struct Auth {
+    username: String,
+    key: Vec<u8>,
+}
+
+pub struct TurnServer {
+    config: TurnConfig,
+    nonces: Nonces,
+    epoch: Instant,
+    allocations: HashMap<SocketAddr, Allocation>,
+    per_user: HashMap<String, usize>,
+    shared: Arc<UdpSocket>,
+    counters: Arc<Counters>,
+    rng: u64,
+}
+
+impl std::fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnServer")
+            .field("allocations", &self.allocations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(peers: &Mutex<PeerTable>) -> std::sync::MutexGuard<'_, PeerTable> {
+    // A panic elsewhere cannot leave a table half-updated in a way that matters here.
+    peers.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b) | 1
+}
+
+/// The attributes we understand in requests (others that are comprehension-required get 420).
+const KNOWN: &[u16] = &[
+    stun::USERNAME,
+    stun::MESSAGE_INTEGRITY,
+    stun::MESSAGE_INTEGRITY_SHA256,
+    stun::REALM,
+    stun::NONCE,
+    stun::CHANNEL_NUMBER,
+    stun::LIFETIME,
+    stun::XOR_PEER_ADDRESS,
+    stun::ATTR_DATA,
+    stun::REQUESTED_ADDRESS_FAMILY,
+    stun::EVEN_PORT,
+    stun::REQUESTED_TRANSPORT,
+    stun::DONT_FRAGMENT,
+    stun::RESERVATION_TOKEN,
+    stun::XOR_MAPPED_ADDRESS,
+];
+
+impl TurnServer {
+    pub fn new(config: TurnConfig, shared: Arc<UdpSocket>, counters: Arc<Counters>) -> Self {
+        let secret = random_u64().to_le_bytes();
+        Self {
+            config,
+            nonces: Nonces::new(&secret),
+            epoch: Instant::now(),
+            allocations: HashMap::new(),
+            per_user: HashMap::new(),
+            shared,
+            counters,
+            rng: random_u64(),
+        }
+    }
+
+    pub fn allocations(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn seconds(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() + 1
+    }
+
+    /// A TURN request or indication from `from`; returns the response to send back, if any.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        from: SocketAddr,
+        local: SocketAddr,
+        msg: &Message<'_>,
+    ) -> Option<Vec<u8>> {
+        if msg.class == Class::Indication {
+            if msg.method == stun::SEND {
+                self.send_indication(now, from, msg);
+            }
+            return None;
+        }
+        if msg.class != Class::Request {
+            return None;
+        }
+        let unknown = msg.unknown_required(KNOWN);
+        if !unknown.is_empty() {
+            let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
+            return Some(
+                Builder::response(msg, Class::Error)
+                    .error(420, "Unknown Attribute")
+                    .attr(stun::UNKNOWN_ATTRIBUTES, &list)
+                    .fingerprint()
+                    .finish(),
+            );
+        }
+        let auth = match self.authenticate(now, wall, msg) {
+            Ok(a) => a,
+            Err(response) => return Some(response),
+        };
+        let reply = match msg.method {
+            stun::ALLOCATE => self.allocate(now, from, local, msg, &auth),
+            stun::REFRESH => self.refresh(now, from, msg, &auth),
+            stun::CREATE_PERMISSION => self.create_permission(now, from, msg, &auth),
+            stun::CHANNEL_BIND => self.channel_bind(now, from, msg, &auth),
+            _ => Err((400, "Bad Request: unknown method")),
+        };
+        Some(match reply {
+            Ok(response) => response,
+            Err((code, reason)) => Builder::response(msg, Class::Error)
+                .error(code, reason)
+                .attr(stun::SOFTWARE, SOFTWARE)
+                .integrity(&auth.key)
+                .fingerprint()
+                .finish(),
+        })
+    }
+
+    fn challenge(&self, now: Instant, msg: &Message<'_>, code: u16, reason: &str) -> Vec<u8> {
+        Builder::response(msg, Class::Error)
+            .error(code, reason)
+            .attr(stun::REALM, self.config.credentials.realm.as_bytes())
+            .attr(stun::NONCE, self.nonces.issue(self.seconds(now)).as_bytes())
+            .attr(stun::SOFTWARE, SOFTWARE)
+            .fingerprint()
+            .finish()
+    }
+
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        msg: &Message<'_>,
+    ) -> Result<Auth, Vec<u8>> {
+        if !msg.has_integrity() {
+            // The first, unauthenticated Allocate of every client lands here: not a failure.
+            return Err(self.challenge(now, msg, 401, "Unauthorized"));
+        }
+        let (Some(username), Some(realm), Some(nonce)) = (
+            msg.text(stun::USERNAME),
+            msg.text(stun::REALM),
+            msg.text(stun::NONCE),
+        ) else {
+            Counters::add(&self.counters.turn_auth_failures, 1);
+            return Err(Builder::response(msg, Class::Error)
+                .error(400, "Bad Request: USERNAME, REALM and NONCE are required")
+                .fingerprint()
+                .finish());
+        };
+        match self.nonces.check(nonce, self.seconds(now)) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale => return Err(self.challenge(now, msg, 438, "Stale Nonce")),
+            NonceCheck::Invalid => {
+                Counters::add(&self.counters.turn_auth_failures, 1);
+                return Err(self.challenge(now, msg, 401, "Unauthorized: unknown nonce"));
+            }
+        }
+        let creds = &self.config.credentials;
+        let refuse = |counters: &Counters, why: &str| {
+            Counters::add(&counters.turn_auth_failures, 1);
+            tracing::debug!(username, "TURN authentication refused: {why}");
+        };
+        if realm != creds.realm {
+            refuse(&self.counters, "wrong realm");
+            return Err(self.challenge(now, msg, 401, "Unauthorized: wrong realm"));
+        }
+        let password = match creds.password(username, wall) {
+            Ok(p) => p,
+            Err(Refused::UnknownUser) => {
+                refuse(&self.counters, "unknown user");
+                return Err(self.challenge(now, msg, 401, "Unauthorized"));
+            }
+            Err(Refused::Expired) => {
+                refuse(&self.counters, "expired REST username");
+                return Err(self.challenge(now, msg, 401, "Unauthorized: credentials expired"));
+            }
+        };
+        let key = creds.key(username, &password);
+        if !msg.check_integrity(&key) {
+            refuse(&self.counters, "bad MESSAGE-INTEGRITY");
+            return Err(self.challenge(now, msg, 401, "Unauthorized"));
+        }
+        Ok(Auth {
+            username: username.to_owned(),
+            key,
+        })
+    }
+
+    /// The allocation of `from`, checked to belong to the authenticated user (§5).
+    fn owned(&self, from: SocketAddr, auth: &Auth) -> Result<&Allocation, (u16, &'static str)> {
+        let alloc = self
+            .allocations
+            .get(&from)
+            .ok_or((437, "Allocation Mismatch: no allocation for this client"))?;
+        if alloc.username != auth.username || alloc.key != auth.key {
+            return Err((441, "Wrong Credentials"));
+        }
+        Ok(alloc)
+    }
+
+    fn success(msg: &Message<'_>, auth: &Auth, build: impl FnOnce(Builder) -> Builder) -> Vec<u8> {
+        build(Builder::response(msg, Class::Success))
+            .attr(stun::SOFTWARE, SOFTWARE)
+            .integrity(&auth.key)
+            .fingerprint()
+            .finish()
+    }
+
+    fn lifetime(msg: &Message<'_>) -> Result<Duration, (u16, &'static str)> {
+        let requested = msg
+            .u32_attr(stun::LIFETIME)
+            .map_err(|_| (400, "Bad Request: malformed LIFETIME"))?;
+        Ok(match requested {
+            None => DEFAULT_LIFETIME,
+            Some(0) => Duration::ZERO,
+            Some(s) => Duration::from_secs(u64::from(s)).clamp(DEFAULT_LIFETIME, MAX_LIFETIME),
+        })
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: SocketAddr,
+        msg: &Message<'_>,
+        auth: &Auth,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        if let Some(existing) = self.allocations.get(&from) {
+            if existing.allocate_txid == msg.transaction_id {
+                return Ok(existing.allocate_response.clone());
+            }
+            return Err((
+                437,
+                "Allocation Mismatch: this client already has an allocation",
+            ));
+        }
+        match msg.get(stun::REQUESTED_TRANSPORT) {
+            None => return Err((400, "Bad Request: REQUESTED-TRANSPORT is required")),
+            Some([17, ..]) => {}
+            Some(_) => return Err((442, "Unsupported Transport Protocol: UDP only")),
+        }
+        if msg.contains(stun::RESERVATION_TOKEN) {
+            return Err((508, "Insufficient Capacity: reservations are not supported"));
+        }
+        let relay_ip = self
+            .relay_ip_for(from, local)
+            .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
+        if let Some(family) = msg.get(stun::REQUESTED_ADDRESS_FAMILY) {
+            let wants_v6 = family.first() == Some(&0x02);
+            if wants_v6 != relay_ip.is_ipv6() {
+                return Err((440, "Address Family not Supported"));
+            }
+        }
+        let lifetime = Self::lifetime(msg)?;
+        if self.allocations.len() >= self.config.max_allocations {
+            Counters::add(&self.counters.turn_quota_refused, 1);
+            return Err((508, "Insufficient Capacity: allocation limit reached"));
+        }
+        let used = self.per_user.get(&auth.username).copied().unwrap_or(0);
+        if used >= self.config.max_allocations_per_user {
+            Counters::add(&self.counters.turn_quota_refused, 1);
+            return Err((486, "Allocation Quota Reached"));
+        }
+        let even = msg.contains(stun::EVEN_PORT);
+        let relay = self
+            .bind_relay(relay_ip, even)
+            .map_err(|_| (508, "Insufficient Capacity: no free relay port"))?;
+        let relayed = relay
+            .local_addr()
+            .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
+        let relay = Arc::new(relay);
+        let peers = Arc::new(Mutex::new(PeerTable::default()));
+        let task = tokio::spawn(relay_to_client(
+            Arc::clone(&relay),
+            Arc::clone(&self.shared),
+            from,
+            Arc::clone(&peers),
+            Arc::clone(&self.counters),
+        ));
+        let lifetime = if lifetime.is_zero() {
+            DEFAULT_LIFETIME
+        } else {
+            lifetime
+        };
+        let response = Self::success(msg, auth, |b| {
+            b.xor_address(stun::XOR_RELAYED_ADDRESS, relayed)
+                .u32_attr(stun::LIFETIME, lifetime.as_secs() as u32)
+                .xor_address(stun::XOR_MAPPED_ADDRESS, from)
+        });
+        self.allocations.insert(
+            from,
+            Allocation {
+                username: auth.username.clone(),
+                key: auth.key.clone(),
+                relay,
+                relayed,
+                expires: now + lifetime,
+                peers,
+                task,
+                allocate_txid: msg.transaction_id,
+                allocate_response: response.clone(),
+            },
+        );
+        *self.per_user.entry(auth.username.clone()).or_default() += 1;
+        Counters::add(&self.counters.turn_allocations_total, 1);
+        self.set_gauge();
+        tracing::debug!(%from, %relayed, user = auth.username, "TURN allocation");
+        Ok(response)
+    }
+
+    fn refresh(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        auth: &Auth,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        self.owned(from, auth)?;
+        let lifetime = Self::lifetime(msg)?;
+        if lifetime.is_zero() {
+            self.remove(from);
+        } else if let Some(a) = self.allocations.get_mut(&from) {
+            a.expires = now + lifetime;
+        }
+        Ok(Self::success(msg, auth, |b| {
+            b.u32_attr(stun::LIFETIME, lifetime.as_secs() as u32)
+        }))
+    }
+
+    /// Checks one XOR-PEER-ADDRESS against the allocation's family and the relay policy.
+    fn check_peer(&self, alloc: &Allocation, peer: SocketAddr) -> Result<(), (u16, &'static str)> {
+        if peer.is_ipv4() != alloc.relayed.is_ipv4() {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        if let Err(denied) = self.config.policy.check(peer.ip()) {
+            Counters::add(&self.counters.turn_relay_denied, 1);
+            tracing::debug!(%peer, "TURN peer refused by relay policy: {}", denied.as_str());
+            return Err((
+                403,
+                "Forbidden: relaying there is not allowed by this gateway's policy",
+            ));
+        }
+        Ok(())
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        auth: &Auth,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        let alloc = self.owned(from, auth)?;
+        let mut peers = Vec::new();
+        for value in msg.get_all(stun::XOR_PEER_ADDRESS) {
+            let peer = stun::decode_xor_address(value, &msg.transaction_id)
+                .ok_or((400, "Bad Request: malformed XOR-PEER-ADDRESS"))?;
+            self.check_peer(alloc, peer)?;
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err((400, "Bad Request: XOR-PEER-ADDRESS is required"));
+        }
+        let mut table = lock(&alloc.peers);
+        for peer in peers {
+            if !table.permit(peer.ip(), now) {
+                return Err((508, "Insufficient Capacity: too many permissions"));
+            }
+        }
+        drop(table);
+        Ok(Self::success(msg, auth, |b| b))
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: &Message<'_>,
+        auth: &Auth,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        let alloc = self.owned(from, auth)?;
+        let number = match msg.get(stun::CHANNEL_NUMBER) {
+            Some(&[a, b, _, _]) => u16::from_be_bytes([a, b]),
+            _ => return Err((400, "Bad Request: CHANNEL-NUMBER is required")),
+        };
+        let peer = msg
+            .xor_address(stun::XOR_PEER_ADDRESS)
+            .map_err(|_| (400, "Bad Request: malformed XOR-PEER-ADDRESS"))?
+            .ok_or((400, "Bad Request: XOR-PEER-ADDRESS is required"))?;
+        self.check_peer(alloc, peer)?;
+        lock(&alloc.peers)
+            .bind(number, peer, now)
+            .map_err(|e| match e {
+                BindError::BadNumber => (400, "Bad Request: channel number outside 0x4000-0x4FFF"),
+                BindError::Conflict => {
+                    (400, "Bad Request: channel or peer already bound otherwise")
+                }
+                BindError::TooMany => (508, "Insufficient Capacity: too many permissions"),
+            })?;
+        Ok(Self::success(msg, auth, |b| b))
+    }
+
+    fn send_indication(&self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
+        let Some(alloc) = self.allocations.get(&from) else {
+            Counters::add(&self.counters.turn_drop_no_allocation, 1);
+            return;
+        };
+        let (Ok(Some(peer)), Some(data)) = (
+            msg.xor_address(stun::XOR_PEER_ADDRESS),
+            msg.get(stun::ATTR_DATA),
+        ) else {
+            Counters::add(&self.counters.drop_malformed, 1);
+            return;
+        };
+        self.to_peer(alloc, now, peer, data);
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.4). `datagram` is at least 4 bytes (the demux
+    /// checked).
+    pub fn channel_data(&self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let number = u16::from_be_bytes([datagram[0], datagram[1]]);
+        let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+        let Some(data) = datagram.get(4..4 + len) else {
+            Counters::add(&self.counters.drop_malformed, 1);
+            return;
+        };
+        let Some(alloc) = self.allocations.get(&from) else {
+            Counters::add(&self.counters.turn_drop_no_allocation, 1);
+            return;
+        };
+        let Some(peer) = lock(&alloc.peers).channel_peer(number, now) else {
+            Counters::add(&self.counters.turn_drop_no_permission, 1);
+            return;
+        };
+        self.to_peer(alloc, now, peer, data);
+    }
+
+    fn to_peer(&self, alloc: &Allocation, now: Instant, peer: SocketAddr, data: &[u8]) {
+        if !lock(&alloc.peers).permitted(peer.ip(), now) {
+            Counters::add(&self.counters.turn_drop_no_permission, 1);
+            return;
+        }
+        match alloc.relay.try_send_to(data, peer) {
+            Ok(_) => {
+                Counters::add(&self.counters.turn_to_peer_datagrams, 1);
+                Counters::add(&self.counters.turn_to_peer_bytes, data.len() as u64);
+            }
+            Err(_) => Counters::add(&self.counters.tx_errors, 1),
+        }
+    }
+
+    fn remove(&mut self, client: SocketAddr) {
+        if let Some(a) = self.allocations.remove(&client) {
+            if let Some(n) = self.per_user.get_mut(&a.username) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_user.remove(&a.username);
+                }
+            }
+            tracing::debug!(%client, relayed = %a.relayed, "TURN allocation ended");
+        }
+        self.set_gauge();
+    }
+
+    fn set_gauge(&self) {
+        self.counters.turn_allocations.store(
+            self.allocations.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Ends expired allocations and forgets expired permissions and channels.
+    pub fn expire(&mut self, now: Instant) {
+        let expired: Vec<SocketAddr> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires <= now)
+            .map(|(&c, _)| c)
+            .collect();
+        for client in expired {
+            self.remove(client);
+        }
+        for a in self.allocations.values() {
+            lock(&a.peers).expire(now);
+        }
+    }
+
+    fn relay_ip_for(&self, client: SocketAddr, local: SocketAddr) -> io::Result<IpAddr> {
+        if !self.config.relay_ip.is_unspecified() {
+            return Ok(self.config.relay_ip);
+        }
+        if !local.ip().is_unspecified() {
+            return Ok(local.ip());
+        }
+        // The address this host would use to reach the client: a connected UDP socket's
+        // local address (no packet is sent).
+        let probe = StdUdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
+        probe.connect(client)?;
+        Ok(probe.local_addr()?.ip())
+    }
+
+    fn bind_relay(&mut self, ip: IpAddr, even: bool) -> io::Result<UdpSocket> {
+        let (lo, hi) = (
+            u32::from(*self.config.relay_ports.start()),
+            u32::from(*self.config.relay_ports.end()),
+        );
+        let span = hi - lo + 1;
+        let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free relay port");
+        for _ in 0..64 {
+            // xorshift64: port choice needs to be unpredictable to off-path peers only loosely.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let mut port = lo + (self.rng % u64::from(span)) as u32;
+            if even && port % 2 == 1 {
+                port = if port > lo { port - 1 } else { port + 1 };
+                if port > hi {
+                    continue;
+                }
+            }
+            match crate::socket::bind_udp_with(SocketAddr::new(ip, port as u16), RELAY_BUFFER) {
+                Ok((s, _)) => return UdpSocket::from_std(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Peer -> client for one allocation: ChannelData when the peer has a channel, else a Data
+/// indication (RFC 8656 §11.5, §12.6). Only from peers with a permission.
+async fn relay_to_client(
+    relay: Arc<UdpSocket>,
+    shared: Arc<UdpSocket>,
+    client: SocketAddr,
+    peers: Arc<Mutex<PeerTable>>,
+    counters: Arc<Counters>,
+) {
+    let mut buf = vec![0u8; 4 + crate::MAX_DATAGRAM];
+    let mut txid_state = random_u64();
+    loop {
+        let (n, peer) = match relay.recv_from(&mut buf[4..]).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => {
+                tracing::warn!(%client, "relay socket failed: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let (permitted, channel) = {
+            let t = lock(&peers);
+            (t.permitted(peer.ip(), now), t.channel_of(peer, now))
+        };
+        if !permitted {
+            Counters::add(&counters.turn_drop_no_permission, 1);
+            continue;
+        }
+        let sent = if let (Some(number), Ok(len)) = (channel, u16::try_from(n)) {
+            buf[0..2].copy_from_slice(&number.to_be_bytes());
+            buf[2..4].copy_from_slice(&len.to_be_bytes());
+            shared.send_to(&buf[..4 + n], client).await
+        } else {
+            txid_state = txid_state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let mut txid = [0u8; 12];
+            txid[..8].copy_from_slice(&txid_state.to_le_bytes());
+            let indication = Builder::new(stun::DATA, Class::Indication, txid)
+                .xor_address(stun::XOR_PEER_ADDRESS, peer)
+                .attr(stun::ATTR_DATA, &buf[4..4 + n])
+                .finish();
+            shared.send_to(&indication, client).await
+        };
+        match sent {
+            Ok(_) => {
+                Counters::add(&counters.turn_to_client_datagrams, 1);
+                Counters::add(&counters.turn_to_client_bytes, n as u64);
+            }
+            Err(_) => Counters::add(&counters.tx_errors, 1),
+        }
+    }
+}
