@@ -49,6 +49,9 @@ pub struct Config {
     pub signal: Option<SocketAddr>,
     /// A tracing filter directive such as `info` or `meshgate=debug,turn=warn`.
     pub log: String,
+    /// How far peers' clocks may be off ours when checking time-limited credentials (REST TURN
+    /// usernames, JWTs): routers often have no battery-backed clock (DESIGN.md §3).
+    pub clock_skew_s: u64,
     pub admission: Admission,
     pub turn: Turn,
     pub discovery: Discovery,
@@ -278,6 +281,7 @@ struct RawConfig {
     api: Option<String>,
     signal: Option<String>,
     log: Option<String>,
+    clock_skew: Option<u64>,
     admission: RawAdmission,
     turn: RawTurn,
     discovery: RawDiscovery,
@@ -536,6 +540,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         api,
         signal,
         log,
+        clock_skew_s: raw.clock_skew.unwrap_or(300),
         admission: Admission { allow },
         turn,
         discovery,
@@ -746,6 +751,7 @@ target = "[::1]:80"
             ("api = \"0.0.0.0:42000\"", "api"),
             ("signal = \"nowhere\"", "signal"),
             ("log = \"[[\"", "log"),
+            ("clock_skew = -5", "clock_skew"),
             ("listen = 3478", "listen"),
             ("[admission]\nallow = [\"abc\"]", "admission.allow[0]"),
             ("[turn]\nenabled = \"yes\"", "turn.enabled"),

@@ -86,11 +86,25 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
 
-    let port = SharedPort::bind(config.listen).map_err(|source| RunError::Bind {
+    let mut port = SharedPort::bind(config.listen).map_err(|source| RunError::Bind {
         addr: config.listen,
         source,
     })?;
     let local = port.local_addr();
+    if config.turn.enabled {
+        port.enable_turn(crate::gateway::turn_config(&config, local));
+        tracing::info!(
+            "TURN on udp {local}: realm {:?}, {} static user(s), REST secret {}, relay ports {:?}",
+            config.turn.realm,
+            config.turn.users.len(),
+            if config.turn.secret.is_some() {
+                "set"
+            } else {
+                "off"
+            },
+            config.turn.relay_ports
+        );
+    }
     let buffers = port.buffers();
     let id = identity.id();
     tracing::info!(
@@ -237,6 +251,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         api,
         signal,
         log,
+        clock_skew_s,
         admission,
         turn,
         discovery,
@@ -251,6 +266,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("api", *api != new.api),
         ("signal", *signal != new.signal),
         ("log", *log != new.log),
+        ("clock_skew", *clock_skew_s != new.clock_skew_s),
         ("admission", *admission != new.admission),
         ("turn", *turn != new.turn),
         ("discovery", *discovery != new.discovery),

@@ -25,7 +25,7 @@ macro_rules! counters {
 counters! {
     rx_stun => "datagrams_stun", "STUN datagrams received (first byte 0-3)";
     rx_dtls => "datagrams_dtls", "DTLS datagrams received (first byte 20-63)";
-    rx_channel_data => "datagrams_channel_data", "TURN ChannelData datagrams received (first byte 64-79)";
+    rx_channel_data => "datagrams_channel_data", "TURN ChannelData datagrams received (first byte 64-127)";
     drop_empty => "drop_empty", "empty datagrams dropped";
     drop_truncated => "drop_truncated", "datagrams shorter than their kind's header, dropped";
     drop_zrtp => "drop_zrtp", "ZRTP datagrams (first byte 16-19) dropped";

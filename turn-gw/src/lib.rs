@@ -152,7 +152,7 @@ impl SharedPort {
                     }
                 }
             }
-            self.flush(&mut out).await;
+            flush(&self.socket, &self.counters, &mut out).await;
         }
     }
 
@@ -171,26 +171,6 @@ impl SharedPort {
             }
         }
         Ok(())
-    }
-
-    async fn flush(&self, out: &mut Vec<Transmit>) {
-        for t in out.drain(..) {
-            let mut sent = self.socket.try_send_to(&t.data, t.to);
-            if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-                // The send buffer is full: wait for room rather than drop a handshake.
-                sent = self.socket.send_to(&t.data, t.to).await;
-            }
-            match sent {
-                Ok(n) => {
-                    Counters::add(&self.counters.tx_datagrams, 1);
-                    Counters::add(&self.counters.tx_bytes, n as u64);
-                }
-                Err(e) => {
-                    Counters::add(&self.counters.tx_errors, 1);
-                    tracing::trace!(to = %t.to, "send failed: {e}");
-                }
-            }
-        }
     }
 
     fn on_datagram(
@@ -270,6 +250,27 @@ impl SharedPort {
         };
         if let Some(data) = reply {
             out.push(Transmit { to: from, data });
+        }
+    }
+}
+
+/// Sends every pending transmit; a full send buffer is waited on, not dropped.
+async fn flush(socket: &tokio::net::UdpSocket, counters: &Counters, out: &mut Vec<Transmit>) {
+    for t in out.drain(..) {
+        let mut sent = socket.try_send_to(&t.data, t.to);
+        if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            // The send buffer is full: wait for room rather than drop a handshake.
+            sent = socket.send_to(&t.data, t.to).await;
+        }
+        match sent {
+            Ok(n) => {
+                Counters::add(&counters.tx_datagrams, 1);
+                Counters::add(&counters.tx_bytes, n as u64);
+            }
+            Err(e) => {
+                Counters::add(&counters.tx_errors, 1);
+                tracing::trace!(to = %t.to, "send failed: {e}");
+            }
         }
     }
 }

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 /// RFC 8656 §9: permissions last 300 s; §12: channel bindings 600 s.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
-/// RFC 8656 §12: channel numbers 0x4000-0x4FFF (RFC 9443 narrowed the range).
-pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Channel numbers: RFC 5766's 0x4000-0x7FFF, which RFC 8656 narrowed to 0x4FFF; see
+/// `demux::Kind::ChannelData` for why we keep the wide range.
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 /// Bounds per allocation, so one client cannot grow our memory without limit.
 pub const MAX_PERMISSIONS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindError {
-    /// The number is outside 0x4000-0x4FFF.
+    /// The number is outside 0x4000-0x7FFF.
     BadNumber,
     /// The number is bound to another peer, or the peer to another number (§12.2).
     Conflict,
@@ -125,7 +126,7 @@ mod tests {
         let a = addr("10.0.0.1:1000");
         let b = addr("10.0.0.2:1000");
         assert_eq!(p.bind(0x3FFF, a, t0), Err(BindError::BadNumber));
-        assert_eq!(p.bind(0x5000, a, t0), Err(BindError::BadNumber));
+        assert_eq!(p.bind(0x8000, a, t0), Err(BindError::BadNumber));
         assert_eq!(p.bind(0x4000, a, t0), Ok(()));
         assert!(p.permitted(a.ip(), t0));
         assert_eq!(p.bind(0x4000, a, t0), Ok(()), "refresh");

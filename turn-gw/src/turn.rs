@@ -25,6 +25,8 @@ use crate::stun::{self, Builder, Class, Message};
 
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a reserved relay port is held (RFC 8656 §7.2 suggests about 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Socket buffers of a relay socket: smaller than the shared port's, there can be a thousand.
 const RELAY_BUFFER: usize = 1 << 20;
 const SOFTWARE: &[u8] = concat!("meshgate ", env!("CARGO_PKG_VERSION")).as_bytes();
@@ -71,6 +73,8 @@ pub struct TurnServer {
     epoch: Instant,
     allocations: HashMap<SocketAddr, Allocation>,
     per_user: HashMap<String, usize>,
+    /// Relay sockets held for a later Allocate with RESERVATION-TOKEN (EVEN-PORT R=1).
+    reservations: HashMap<[u8; 8], (UdpSocket, Instant)>,
     shared: Arc<UdpSocket>,
     counters: Arc<Counters>,
     rng: u64,
@@ -123,6 +127,7 @@ impl TurnServer {
             epoch: Instant::now(),
             allocations: HashMap::new(),
             per_user: HashMap::new(),
+            reservations: HashMap::new(),
             shared,
             counters,
             rng: random_u64(),
@@ -311,20 +316,17 @@ impl TurnServer {
             Some([17, ..]) => {}
             Some(_) => return Err((442, "Unsupported Transport Protocol: UDP only")),
         }
-        if msg.contains(stun::RESERVATION_TOKEN) {
-            return Err((508, "Insufficient Capacity: reservations are not supported"));
-        }
-        let relay_ip = self
-            .relay_ip_for(from, local)
-            .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
-        if let Some(family) = msg.get(stun::REQUESTED_ADDRESS_FAMILY) {
-            let wants_v6 = family.first() == Some(&0x02);
-            if wants_v6 != relay_ip.is_ipv6() {
-                return Err((440, "Address Family not Supported"));
-            }
+        let token = msg.get(stun::RESERVATION_TOKEN);
+        let even_port = msg.get(stun::EVEN_PORT);
+        if token.is_some() && (even_port.is_some() || msg.contains(stun::REQUESTED_ADDRESS_FAMILY))
+        {
+            return Err((
+                400,
+                "Bad Request: RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+            ));
         }
         let lifetime = Self::lifetime(msg)?;
-        if self.allocations.len() >= self.config.max_allocations {
+        if self.allocations.len() + self.reservations.len() >= self.config.max_allocations {
             Counters::add(&self.counters.turn_quota_refused, 1);
             return Err((508, "Insufficient Capacity: allocation limit reached"));
         }
@@ -333,10 +335,40 @@ impl TurnServer {
             Counters::add(&self.counters.turn_quota_refused, 1);
             return Err((486, "Allocation Quota Reached"));
         }
-        let even = msg.contains(stun::EVEN_PORT);
-        let relay = self
-            .bind_relay(relay_ip, even)
-            .map_err(|_| (508, "Insufficient Capacity: no free relay port"))?;
+        let mut reserved_token = None;
+        let relay = if let Some(token) = token {
+            let token: [u8; 8] = token
+                .try_into()
+                .map_err(|_| (400, "Bad Request: malformed RESERVATION-TOKEN"))?;
+            match self.reservations.remove(&token) {
+                Some((socket, expires)) if expires > now => socket,
+                _ => return Err((508, "Insufficient Capacity: no such reservation")),
+            }
+        } else {
+            let relay_ip = self
+                .relay_ip_for(from, local)
+                .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
+            if let Some(family) = msg.get(stun::REQUESTED_ADDRESS_FAMILY) {
+                let wants_v6 = family.first() == Some(&0x02);
+                if wants_v6 != relay_ip.is_ipv6() {
+                    return Err((440, "Address Family not Supported"));
+                }
+            }
+            // EVEN-PORT's R bit asks us to hold the next port for a second allocation.
+            let reserve = even_port
+                .and_then(|v| v.first())
+                .is_some_and(|b| b & 0x80 != 0);
+            let (relay, next) = self
+                .bind_relay(relay_ip, even_port.is_some(), reserve)
+                .map_err(|_| (508, "Insufficient Capacity: no free relay port"))?;
+            if let Some(next) = next {
+                let token = random_u64().to_be_bytes();
+                self.reservations
+                    .insert(token, (next, now + RESERVATION_LIFETIME));
+                reserved_token = Some(token);
+            }
+            relay
+        };
         let relayed = relay
             .local_addr()
             .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
@@ -355,9 +387,14 @@ impl TurnServer {
             lifetime
         };
         let response = Self::success(msg, auth, |b| {
-            b.xor_address(stun::XOR_RELAYED_ADDRESS, relayed)
+            let b = b
+                .xor_address(stun::XOR_RELAYED_ADDRESS, relayed)
                 .u32_attr(stun::LIFETIME, lifetime.as_secs() as u32)
-                .xor_address(stun::XOR_MAPPED_ADDRESS, from)
+                .xor_address(stun::XOR_MAPPED_ADDRESS, from);
+            match reserved_token {
+                Some(token) => b.attr(stun::RESERVATION_TOKEN, &token),
+                None => b,
+            }
         });
         self.allocations.insert(
             from,
@@ -463,7 +500,7 @@ impl TurnServer {
         lock(&alloc.peers)
             .bind(number, peer, now)
             .map_err(|e| match e {
-                BindError::BadNumber => (400, "Bad Request: channel number outside 0x4000-0x4FFF"),
+                BindError::BadNumber => (400, "Bad Request: channel number outside 0x4000-0x7FFF"),
                 BindError::Conflict => {
                     (400, "Bad Request: channel or peer already bound otherwise")
                 }
@@ -555,6 +592,7 @@ impl TurnServer {
         for a in self.allocations.values() {
             lock(&a.peers).expire(now);
         }
+        self.reservations.retain(|_, (_, expires)| *expires > now);
     }
 
     fn relay_ip_for(&self, client: SocketAddr, local: SocketAddr) -> io::Result<IpAddr> {
@@ -571,27 +609,50 @@ impl TurnServer {
         Ok(probe.local_addr()?.ip())
     }
 
-    fn bind_relay(&mut self, ip: IpAddr, even: bool) -> io::Result<UdpSocket> {
+    /// Binds a relay socket on a random port of the range; with `even`, an even port; with
+    /// `reserve` also the next (odd) port, returned second, for a RESERVATION-TOKEN.
+    fn bind_relay(
+        &mut self,
+        ip: IpAddr,
+        even: bool,
+        reserve: bool,
+    ) -> io::Result<(UdpSocket, Option<UdpSocket>)> {
         let (lo, hi) = (
             u32::from(*self.config.relay_ports.start()),
             u32::from(*self.config.relay_ports.end()),
         );
         let span = hi - lo + 1;
+        let bind = |port: u32| -> io::Result<UdpSocket> {
+            let port =
+                u16::try_from(port).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let (s, _) = crate::socket::bind_udp_with(SocketAddr::new(ip, port), RELAY_BUFFER)?;
+            UdpSocket::from_std(s)
+        };
         let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free relay port");
         for _ in 0..64 {
-            // xorshift64: port choice needs to be unpredictable to off-path peers only loosely.
+            // xorshift64: port choice only needs to be hard to guess for off-path peers.
             self.rng ^= self.rng << 13;
             self.rng ^= self.rng >> 7;
             self.rng ^= self.rng << 17;
             let mut port = lo + (self.rng % u64::from(span)) as u32;
             if even && port % 2 == 1 {
-                port = if port > lo { port - 1 } else { port + 1 };
-                if port > hi {
+                port += 1;
+            }
+            if port > hi || (reserve && port + 1 > hi) {
+                continue;
+            }
+            let first = match bind(port) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e;
                     continue;
                 }
+            };
+            if !reserve {
+                return Ok((first, None));
             }
-            match crate::socket::bind_udp_with(SocketAddr::new(ip, port as u16), RELAY_BUFFER) {
-                Ok((s, _)) => return UdpSocket::from_std(s),
+            match bind(port + 1) {
+                Ok(second) => return Ok((first, Some(second))),
                 Err(e) => last = e,
             }
         }

@@ -1,0 +1,202 @@
+//! The shared port against clients nobody here wrote: coturn's `turnutils_stunclient` and
+//! `turnutils_uclient` (relaying to `turnutils_peer`), and Debian's `stun`. All on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshgate_tests::{Proc, require, run_with_timeout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
+const COTURN: &str = "apt-get install coturn";
+
+/// A running gateway on an ephemeral loopback port.
+struct Gateway {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn gateway(turn_section: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nrole = \"gateway\"\nsignal = \"off\"\n\
+             [discovery]\nmdns = false\n[turn]\nrealm = \"mesh.test\"\n\
+             users = {{ alice = \"s3cret\" }}\nsecret = \"north\"\n{turn_section}\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut proc = Proc::spawn_cmd(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("RUST_LOG", "info"),
+    );
+    let err = proc.wait_for_stderr("started", Duration::from_secs(20));
+    let port = err
+        .split("udp 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no udp port in {err}"));
+    Gateway {
+        proc,
+        port,
+        _dir: dir,
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `turnutils_peer`, the echo peer that relayed data goes to.
+fn echo_peer() -> (Proc, u16) {
+    require("turnutils_peer", COTURN);
+    let port = free_udp_port();
+    let p = Proc::spawn(
+        "turnutils_peer",
+        ["-L", "127.0.0.1", "-p", &port.to_string()],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    (p, port)
+}
+
+/// Runs `turnutils_uclient` against the gateway; returns (exit code, output).
+fn uclient(
+    gw: &Gateway,
+    peer: Option<u16>,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    require("turnutils_uclient", COTURN);
+    let port = gw.port.to_string();
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args([
+        "-u", user, "-w", password, "-p", &port, "-n", "100", "-l", "500",
+    ]);
+    if let Some(peer) = peer {
+        cmd.args(["-e", "127.0.0.1", "-r", &peer.to_string()]);
+    }
+    cmd.args(extra).arg("127.0.0.1");
+    let (status, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(90));
+    (status.code().unwrap_or(-1), format!("{out}{err}"))
+}
+
+fn assert_no_loss(code: i32, out: &str, what: &str) {
+    assert_eq!(code, 0, "{what}: uclient failed:\n{out}");
+    assert!(
+        out.contains("Total lost packets 0 (0.000000%)"),
+        "{what}: loss or no summary:\n{out}"
+    );
+    let sent_recv = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs="))
+        .unwrap_or_else(|| panic!("{what}: no totals:\n{out}"));
+    let nums: Vec<u64> = sent_recv
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let (sent, recv) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(
+        sent > 0 && sent == recv,
+        "{what}: sent {sent}, received {recv}"
+    );
+}
+
+#[test]
+fn stun_clients_get_their_reflexive_address() {
+    require("turnutils_stunclient", COTURN);
+    require("stun", "apt-get install stun-client");
+    let gw = gateway("");
+    let (status, out, err) = run_with_timeout(
+        Command::new("turnutils_stunclient").args(["-p", &gw.port.to_string(), "127.0.0.1"]),
+        Duration::from_secs(20),
+    );
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}{err}");
+
+    // Debian's `stun` speaks RFC 3489 (no magic cookie); test 1 only: its NAT verdict needs
+    // RFC 5780's second address, which we do not claim.
+    let (_, out, err) = run_with_timeout(
+        Command::new("stun").args([&format!("127.0.0.1:{}", gw.port), "1", "-v"]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.contains("mappedAddr=127.0.0.1:") || err.contains("mappedAddr=127.0.0.1:"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn relays_for_coturn_clients_in_every_mode() {
+    let gw = gateway("relay_allow = [\"127.0.0.0/8\"]");
+    let (_peer, peer_port) = echo_peer();
+    // ChannelData (the default; RTP/RTCP pairs with EVEN-PORT and RESERVATION-TOKEN).
+    let (code, out) = uclient(&gw, Some(peer_port), "alice", "s3cret", &["-m", "4"]);
+    assert_no_loss(code, &out, "channel data");
+    // Send/Data indications.
+    let (code, out) = uclient(&gw, Some(peer_port), "alice", "s3cret", &["-s", "-m", "2"]);
+    assert_no_loss(code, &out, "send indications");
+    // Client to client through two allocations of the same gateway.
+    let (code, out) = uclient(&gw, None, "alice", "s3cret", &["-y", "-m", "2"]);
+    assert_no_loss(code, &out, "client to client");
+    // One socket per client, no RTCP.
+    let (code, out) = uclient(&gw, Some(peer_port), "alice", "s3cret", &["-c", "-m", "4"]);
+    assert_no_loss(code, &out, "-c");
+}
+
+#[test]
+fn rest_credentials_and_refusals() {
+    let gw = gateway("relay_allow = [\"127.0.0.0/8\"]");
+    let (_peer, peer_port) = echo_peer();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let rest = |user: &str| turn_gw::auth::rest_password("north", user);
+
+    let valid = format!("{}:bob", now + 3600);
+    let (code, out) = uclient(&gw, Some(peer_port), &valid, &rest(&valid), &["-m", "1"]);
+    assert_no_loss(code, &out, "REST credentials");
+
+    // Expired an hour ago: beyond the default 300 s clock skew.
+    let expired = format!("{}:bob", now - 3600);
+    let (code, out) = uclient(
+        &gw,
+        Some(peer_port),
+        &expired,
+        &rest(&expired),
+        &["-m", "1"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Cannot complete Allocation"), "{out}");
+
+    let (code, out) = uclient(&gw, Some(peer_port), "alice", "wrong", &["-m", "1"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Cannot complete Allocation"), "{out}");
+}
+
+#[test]
+fn default_policy_refuses_loopback_peers() {
+    let gw = gateway("");
+    let (_peer, peer_port) = echo_peer();
+    let (code, out) = uclient(&gw, Some(peer_port), "alice", "s3cret", &["-m", "1"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("403"), "{out}");
+    drop(gw.proc);
+}
