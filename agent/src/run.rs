@@ -85,6 +85,7 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(RunError::Runtime)?;
 
     let mut port = SharedPort::bind(config.listen).map_err(|source| RunError::Bind {
         addr: config.listen,
@@ -123,6 +124,7 @@ async fn serve(
         );
     }
 
+    let counters = port.counters();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut port_task = tokio::spawn(port.run(async {
         let _ = stop_rx.await;
@@ -139,6 +141,7 @@ async fn serve(
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => supervision.reload(&mut config),
+            _ = sigusr1.recv() => log_counters(&counters),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
             ended = &mut port_task => {
                 let err = match ended {
@@ -163,8 +166,20 @@ async fn serve(
         Ok(Err(join)) => tracing::warn!("shared port task ended badly: {join}"),
         Err(_) => tracing::warn!("shared port did not stop within {SHUTDOWN_GRACE:?}"),
     }
+    log_counters(&counters);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGUSR1 and shutdown: every nonzero counter of the shared port, on one line.
+fn log_counters(counters: &turn_gw::Counters) {
+    let line: Vec<String> = counters
+        .snapshot()
+        .into_iter()
+        .filter(|&(_, _, v)| v != 0)
+        .map(|(name, _, v)| format!("{name}={v}"))
+        .collect();
+    tracing::info!("counters: {}", line.join(" "));
 }
 
 /// What ties the daemon to its service manager: sd_notify, the watchdog, SIGHUP reloads.

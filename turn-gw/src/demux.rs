@@ -58,6 +58,19 @@ pub fn classify(datagram: &[u8]) -> Result<Kind, Drop> {
     Ok(kind)
 }
 
+/// Splits a ChannelData message (RFC 8656 §12.4) into its channel number and data; `None` if
+/// the length field says more than the datagram holds. Over UDP the padding is optional, so
+/// trailing bytes after the data are ignored.
+pub fn channel_data(datagram: &[u8]) -> Option<(u16, &[u8])> {
+    let header = datagram.get(..CHANNEL_DATA_HEADER)?;
+    let number = u16::from_be_bytes([header[0], header[1]]);
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    Some((
+        number,
+        datagram.get(CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + len)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +117,20 @@ mod tests {
             }
         }
         assert_eq!(classify(&[]), Err(Drop::Empty));
+    }
+
+    #[test]
+    fn channel_data_lengths() {
+        assert_eq!(
+            channel_data(&[0x40, 0, 0, 2, 9, 9]),
+            Some((0x4000, &[9u8, 9][..]))
+        );
+        assert_eq!(
+            channel_data(&[0x40, 0, 0, 2, 9, 9, 0, 0]),
+            Some((0x4000, &[9u8, 9][..]))
+        );
+        assert_eq!(channel_data(&[0x40, 0, 0, 3, 9, 9]), None);
+        assert_eq!(channel_data(&[0x40, 0, 0]), None);
+        assert_eq!(channel_data(&[0x40, 1, 0, 0]), Some((0x4001, &[][..])));
     }
 }

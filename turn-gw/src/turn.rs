@@ -524,12 +524,9 @@ impl TurnServer {
         self.to_peer(alloc, now, peer, data);
     }
 
-    /// ChannelData from a client (RFC 8656 §12.4). `datagram` is at least 4 bytes (the demux
-    /// checked).
+    /// ChannelData from a client (RFC 8656 §12.4).
     pub fn channel_data(&self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let number = u16::from_be_bytes([datagram[0], datagram[1]]);
-        let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
-        let Some(data) = datagram.get(4..4 + len) else {
+        let Some((number, data)) = crate::demux::channel_data(datagram) else {
             Counters::add(&self.counters.drop_malformed, 1);
             return;
         };
