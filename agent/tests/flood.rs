@@ -33,10 +33,11 @@ fn binding_answered(sock: &UdpSocket, server: &str) -> bool {
     for _ in 0..10 {
         sock.send_to(&req, server).unwrap();
         while let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Ok(m) = Message::parse(&buf[..n]) {
-                if m.transaction_id == [0x5a; 12] && m.class == Class::Success {
-                    return true;
-                }
+            if let Ok(m) = Message::parse(&buf[..n])
+                && m.transaction_id == [0x5a; 12]
+                && m.class == Class::Success
+            {
+                return true;
             }
         }
     }
