@@ -111,20 +111,8 @@ impl Supervised {
     }
 }
 
-/// The binary, through `$MESHGATE_TEST_RUNNER` when set (cross/ sets it to qemu-user: without
-/// binfmt_misc an emulated test cannot exec a foreign binary directly).
 fn meshgate() -> Command {
-    let bin = env!("CARGO_BIN_EXE_meshgate");
-    match std::env::var_os("MESHGATE_TEST_RUNNER").filter(|r| !r.is_empty()) {
-        Some(runner) => {
-            let runner = runner.to_string_lossy().into_owned();
-            let mut words = runner.split_whitespace();
-            let mut cmd = Command::new(words.next().unwrap());
-            cmd.args(words).arg(bin);
-            cmd
-        }
-        None => Command::new(bin),
-    }
+    Command::new(env!("CARGO_BIN_EXE_meshgate"))
 }
 
 fn write(path: &Path, text: &str) {

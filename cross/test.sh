@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The workspace's tests, built for aarch64-unknown-linux-musl and run under qemu-user:
+#   cross/test.sh [-- CARGO_TEST_ARGS...]
+#
+# cargo runs each test binary through qemu-aarch64-static (`runner` in .cargo/config.toml). Tests
+# that start the meshgate binary exec an aarch64 ELF themselves, which the kernel can only do
+# through binfmt_misc: as root, this script mounts it if needed and registers qemu-aarch64-static
+# for aarch64 ELF files for the duration of the run (unless a handler is already registered), and
+# removes that registration again on exit.
+set -euo pipefail
+# shellcheck source=cross/lib.sh
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+[ "${1:-}" = "--" ] && shift
+ensure_build_tools aarch64
+# The tests' own third-party peers, as scripts/test.sh installs them.
+ensure_apt openssl iproute2 coturn stun-client
+
+QEMU=/usr/bin/qemu-aarch64-static
+BINFMT=/proc/sys/fs/binfmt_misc
+entry=
+mounted=
+cleanup() {
+  [ -n "$entry" ] && [ -e "$BINFMT/$entry" ] && echo -1 >"$BINFMT/$entry"
+  if [ -n "$mounted" ] && [ "$(find "$BINFMT" -mindepth 1 -maxdepth 1 | wc -l)" -le 2 ]; then
+    umount "$BINFMT" || true
+  fi
+}
+trap cleanup EXIT
+
+# aarch64 ELF header, as qemu's own binfmt configuration matches it.
+MAGIC='7f454c460201010000000000000000000200b700'
+has_handler() {
+  local f
+  for f in "$BINFMT"/*; do
+    case ${f##*/} in register | status) continue ;; esac
+    grep -q '^enabled' "$f" 2>/dev/null && grep -q "^magic $MAGIC" "$f" 2>/dev/null && return 0
+  done
+  return 1
+}
+if [ ! -e "$BINFMT/register" ]; then
+  is_root || die "binfmt_misc is not mounted, so tests cannot exec aarch64 binaries; run as root"
+  mount -t binfmt_misc binfmt_misc "$BINFMT"
+  mounted=1
+fi
+if ! has_handler; then
+  is_root || die "no binfmt_misc handler for aarch64 ELF files; run as root (or: apt-get install binfmt-support qemu-user-static)"
+  entry="meshgate-aarch64-$$"
+  # F: the kernel opens the interpreter now, so it works inside any mount namespace.
+  printf '%s\n' ":$entry:M::\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:$QEMU:F" >"$BINFMT/register"
+  echo "registered binfmt_misc handler $entry -> $QEMU (removed on exit)" >&2
+fi
+
+say "cargo test --workspace --target aarch64-unknown-linux-musl (under qemu-user)"
+start=$SECONDS
+cargo test --workspace --locked --target "$(triple aarch64)" "$@"
+echo "aarch64 tests under qemu-user: $((SECONDS - start)) s (build included)" >&2
