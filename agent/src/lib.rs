@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dtls;
 pub mod gateway;
 pub mod identity;
 pub mod run;
