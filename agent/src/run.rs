@@ -30,6 +30,8 @@ pub enum RunError {
     Port { addr: SocketAddr, source: io::Error },
     #[error("systemd: {0}")]
     Notify(#[from] NotifyError),
+    #[error("{0}")]
+    Dtls(#[from] crate::dtls::DtlsError),
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -106,6 +108,11 @@ async fn serve(
             config.turn.relay_ports
         );
     }
+    port.set_sessions(Box::new(crate::dtls::DtlsSessions::new(
+        identity.dtls_certificate()?,
+        local,
+        crate::dtls::DtlsConfig::default(),
+    )?));
     let buffers = port.buffers();
     let id = identity.id();
     tracing::info!(
