@@ -15,6 +15,29 @@
 //!
 //! Until sessions exist (issue 4) a completed handshake is logged, closed with close_notify,
 //! and forgotten.
+//!
+//! rtc-dtls 0.21.1 sharp edges met here (each handled below or pinned by a test):
+//! - Bug: `HandshakeMessageClientHello::unmarshal` reads the session ID's length but not its
+//!   bytes, so a ClientHello with a session ID (a resuming client) misparses and is never
+//!   answered; the handshake just times out. Test `rtc_dtls_bug_a_client_hello_with_...`.
+//! - `Endpoint::read` makes a connection for any datagram from a new address; a failed `read`
+//!   leaves the dead connection in its map (the caller must `stop` it); `stop` always queues a
+//!   close_notify, even for a handshake that never completed (we discard it).
+//! - A datagram whose records do not frame fails `read`, and an epoch-0 record with an unknown
+//!   content type draws a fatal alert (RFC 6347 §4.1.2.7: discard): we filter both first.
+//! - After its HelloVerifyRequest the server waits forever (flight 2 never retransmits and its
+//!   timer re-arms); other flights retransmit at a constant 1 s (no RFC 6347 §4.2.4.1 backoff)
+//!   and fail after 7 retries, ~8 s.
+//! - HelloVerifyRequest is stateful: the first ClientHello already costs a connection and an
+//!   ECDH key pair, so the cookie does not shield us from spoofed sources. The cap bounds
+//!   memory, but a spoofed flood can hold every slot; a stateless cookie in front would fix it.
+//! - Before completion, early epoch-1 records are queued without bound and fragments are
+//!   buffered up to 2 MB per connection: hence the byte budget.
+//! - No SRTP profiles configured + a ClientHello offering use_srtp (browsers) = fatal alert.
+//! - Diagnostics go through `log`, which our tracing subscriber does not collect.
+//! - DTLS 1.2 only. A DTLS 1.3 ClientHello (legacy_version 1.2, supported_versions, key_share)
+//!   gets a DTLS 1.2 ServerHello: unknown extensions are skipped (test
+//!   `a_dtls13_client_hello_is_answered_with_dtls12`); a client that also offers 1.2 falls back.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
