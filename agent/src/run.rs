@@ -108,11 +108,13 @@ async fn serve(
             config.turn.relay_ports
         );
     }
-    port.set_sessions(Box::new(crate::dtls::DtlsSessions::new(
+    let dtls = crate::dtls::DtlsSessions::new(
         identity.dtls_certificate()?,
         local,
         crate::dtls::DtlsConfig::default(),
-    )?));
+    )?;
+    let dtls_counters = dtls.counters();
+    port.set_sessions(Box::new(dtls));
     let buffers = port.buffers();
     let id = identity.id();
     tracing::info!(
@@ -148,7 +150,7 @@ async fn serve(
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => supervision.reload(&mut config),
-            _ = sigusr1.recv() => log_counters(&counters),
+            _ = sigusr1.recv() => log_counters(&counters, &dtls_counters),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
             ended = &mut port_task => {
                 let err = match ended {
@@ -173,16 +175,17 @@ async fn serve(
         Ok(Err(join)) => tracing::warn!("shared port task ended badly: {join}"),
         Err(_) => tracing::warn!("shared port did not stop within {SHUTDOWN_GRACE:?}"),
     }
-    log_counters(&counters);
+    log_counters(&counters, &dtls_counters);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGUSR1 and shutdown: every nonzero counter of the shared port, on one line.
-fn log_counters(counters: &turn_gw::Counters) {
+/// SIGUSR1 and shutdown: every nonzero counter of the shared port and DTLS, on one line.
+fn log_counters(counters: &turn_gw::Counters, dtls: &crate::dtls::DtlsCounters) {
     let line: Vec<String> = counters
         .snapshot()
         .into_iter()
+        .chain(dtls.snapshot())
         .filter(|&(_, _, v)| v != 0)
         .map(|(name, _, v)| format!("{name}={v}"))
         .collect();
