@@ -29,6 +29,16 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+python3 -m venv --help >/dev/null 2>&1 || {
+  [ "$(id -u)" -eq 0 ] || { echo "scripts/test.sh: needs python3-venv: apt-get install python3-venv" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+}
+# Python peers (aioice) live in a venv of their own under target/.
+if ! target/pyvenv/bin/python -c "import aioice" >/dev/null 2>&1; then
+  say "python venv with aioice"
+  python3 -m venv target/pyvenv
+  target/pyvenv/bin/pip install -q aioice
+fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done

@@ -142,6 +142,37 @@ fn stun_clients_get_their_reflexive_address() {
     );
 }
 
+/// The Python with aioice that scripts/test.sh prepares (target/pyvenv).
+fn aioice_python() -> std::path::PathBuf {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import aioice"])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "this test needs aioice in target/pyvenv: run scripts/test.sh, or \
+         `python3 -m venv target/pyvenv && target/pyvenv/bin/pip install aioice`"
+    );
+    python
+}
+
+#[test]
+fn aioice_learns_its_reflexive_address() {
+    let python = aioice_python();
+    let gw = gateway("");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/aioice_stun.py");
+    let (status, out, err) = run_with_timeout(
+        Command::new(python).arg(script).arg(gw.port.to_string()),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("srflx 127.0.0.1:"), "{out}");
+}
+
 #[test]
 fn relays_for_coturn_clients_in_every_mode() {
     let gw = gateway("relay_allow = [\"127.0.0.0/8\"]");
