@@ -6,9 +6,10 @@
 #   cross/build.sh aarch64 armv6   just these
 #   cross/build.sh --no-smoke ...  build and check only
 #
-# Binaries land in target/cross/meshgate-<target> (and target/cross/sizes.txt). Installs what it
-# needs when run as root (Debian packages, rustup targets, nightly rust-src, zig from PyPI in a
-# venv under ~/.cache/meshgate, cargo-zigbuild); otherwise it stops and names what to install.
+# Binaries land in target/cross/meshgate-<target>, sizes in target/cross/sizes.txt (target/ is
+# $CARGO_TARGET_DIR when set). Installs what it needs when run as root (Debian packages, rustup
+# targets, nightly rust-src, zig from PyPI in a venv under ~/.cache/meshgate, cargo-zigbuild);
+# otherwise it stops and names what to install.
 set -euo pipefail
 # shellcheck source=cross/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -21,7 +22,7 @@ for arg in "$@"; do
     --no-smoke) smoke=0 ;;
     all) read -ra targets <<<"$ALL_TARGETS" ;;
     -h | --help)
-      sed -n '2,11p' "$0"
+      sed -n '2,12p' "$0"
       exit 0
       ;;
     -*) die "unknown option $arg" ;;
@@ -44,23 +45,23 @@ machine() {
 }
 
 build() {
-  local t=$1 tr prof
+  local t=$1 tr
   tr=$(triple "$t")
-  prof=$(profile "$t")
-  say "build $t ($tr, profile $prof)"
+  say "build $t ($tr)"
   local start=$SECONDS
+  rm -f "$OUT/meshgate-$t"
   case $(build_kind "$t") in
     stable)
-      cargo build --locked -p meshgate --target "$tr" --profile "$prof"
+      cargo build --locked -p meshgate --target "$tr" --release || return 1
       ;;
     zig)
       # rustup has no rust-std for these targets here: build std from source with nightly.
       RUSTUP_TOOLCHAIN=nightly cargo zigbuild --locked -p meshgate --target "$tr" \
-        --profile "$prof" -Zbuild-std=std,panic_abort
+        --release -Zbuild-std=std,panic_abort || return 1
       ;;
   esac
   echo "built $t in $((SECONDS - start)) s" >&2
-  cp "target/$tr/$prof/meshgate" "$OUT/meshgate-$t"
+  cp "$TARGET_DIR/$tr/release/meshgate" "$OUT/meshgate-$t" || return 1
 }
 
 # check_binary SHORT: static, stripped, for the right machine.
@@ -78,10 +79,16 @@ check_binary() {
 }
 
 failed=()
+built=()
 for t in "${targets[@]}"; do
   ensure_build_tools "$t"
-  build "$t"
+  # One target failing to build must not hide how the others fare.
+  if ! build "$t"; then
+    failed+=("$t: build failed (its errors are above)")
+    continue
+  fi
   check_binary "$t"
+  built+=("$t")
   if ((smoke)); then
     say "smoke test $t"
     read -ra run_with <<<"$(runner "$t")"
@@ -93,7 +100,7 @@ done
 say "size report (stripped, budget $SIZE_BUDGET bytes = 3.5 MiB)"
 report=$(
   printf '%-8s %-32s %10s %9s  %s\n' target triple bytes MiB verdict
-  for t in "${targets[@]}"; do
+  for t in "${built[@]}"; do
     bytes=$(stat -c %s "$OUT/meshgate-$t")
     verdict=ok
     ((bytes <= SIZE_BUDGET)) || verdict="OVER BUDGET by $((bytes - SIZE_BUDGET)) bytes"

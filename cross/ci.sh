@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 bash cross/build.sh aarch64
 bash cross/test.sh
-bash systemd/check.sh target/cross/meshgate-aarch64
+bash systemd/check.sh "${CARGO_TARGET_DIR:-target}/cross/meshgate-aarch64"
 echo "cross/ci.sh: done in $((SECONDS - start)) s"

@@ -15,7 +15,8 @@ SIZE_BUDGET=$((3584 * 1024)) # 3.5 MiB
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MESHGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshgate}
-OUT="$ROOT/target/cross"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT="$TARGET_DIR/cross"
 
 say() { printf '\n== %s\n' "$*" >&2; }
 die() {
@@ -53,14 +54,6 @@ runner() {
     armv7) echo "qemu-arm-static -cpu cortex-a7" ;;
     armv6) echo "qemu-arm-static -cpu arm1176" ;;
     mipsel) echo "qemu-mipsel-static" ;;
-  esac
-}
-
-# The cargo profile a target's release binary is built with (see .cargo/config.toml).
-profile() {
-  case $1 in
-    mipsel) echo "${MESHGATE_MIPSEL_PROFILE:-release-mipsel}" ;;
-    *) echo release ;;
   esac
 }
 
