@@ -14,8 +14,13 @@ cd "$ROOT"
 
 [ "${1:-}" = "--" ] && shift
 ensure_build_tools aarch64
-# The tests' own third-party peers, as scripts/test.sh installs them.
-ensure_apt openssl iproute2 coturn stun-client
+# The tests' own third-party peers, as scripts/test.sh prepares them (keep the two in step).
+ensure_apt openssl iproute2 coturn stun-client python3-venv
+if ! "$ROOT/target/pyvenv/bin/python" -c "import aioice" >/dev/null 2>&1; then
+  say "python venv with aioice (target/pyvenv)"
+  python3 -m venv "$ROOT/target/pyvenv"
+  "$ROOT/target/pyvenv/bin/pip" install -q aioice
+fi
 
 QEMU=/usr/bin/qemu-aarch64-static
 BINFMT=/proc/sys/fs/binfmt_misc

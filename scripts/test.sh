@@ -52,6 +52,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "cargo test"
 cargo test --workspace --locked
 
+# --- embedded delivery (issue 6) ------------------------------------------------------------------
+# The aarch64 static release build (size budget, static/stripped checks) with its qemu-user smoke
+# test, the workspace's tests built for aarch64 and run under qemu-user, and the systemd unit and
+# procd script checks: about 8 min on a cold target dir, 80 s warm (2 cores). The other four
+# targets: `bash cross/build.sh` (see cross/README.md).
+say "cross: aarch64 build + qemu smoke test, aarch64 tests under qemu, systemd checks"
+bash cross/ci.sh
+
 say "fuzz: the shared port's parsing path, 30 s"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
