@@ -56,6 +56,36 @@ if awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e > m) }'; then
 fi
 echo "ok: exposure $exposure (at most $MAX_EXPOSURE)"
 
+echo "== procd script, dry run with procd stubbed (dash standing in for busybox ash)"
+# shellcheck disable=SC2016  # the $-expressions are for the inner sh
+procd_out=$(sh -c '
+  mkdir() { echo "mkdir $*"; }
+  chmod() { echo "chmod $*"; }
+  procd_open_instance() { echo "open"; }
+  procd_close_instance() { echo "close"; }
+  procd_set_param() { echo "param $*"; }
+  procd_send_signal() { echo "signal $*"; }
+  . "$1"
+  CONFIG=/nonexistent/meshgate.toml
+  start_service
+  reload_service
+  CONFIG=$2 # any existing file stands in for the config
+  start_service
+  PROG=true reload_service
+  PROG=false reload_service 2>/dev/null || echo "reload refused"' \
+  sh "$root/systemd/meshgate.init" "$tmp/meshgate.service")
+for want in "mkdir -p /etc/meshgate/state" "open" \
+  "param command /usr/bin/meshgate run --state-dir /etc/meshgate/state" \
+  "param command /usr/bin/meshgate run --config $tmp/meshgate.service --state-dir /etc/meshgate/state" \
+  "param respawn 3600 5 5" "close" "signal meshgate * HUP" "reload refused"; do
+  grep -qxF -- "$want" <<<"$procd_out" || {
+    printf '%s\n' "$procd_out" >&2
+    echo "systemd/check.sh: meshgate.init did not do: $want" >&2
+    exit 1
+  }
+done
+echo "ok: start_service and reload_service make the expected procd calls"
+
 echo "== shellcheck"
 (cd "$root" && shellcheck -x systemd/meshgate.init systemd/check.sh cross/*.sh)
 echo "ok: systemd/meshgate.init and the scripts are shellcheck-clean"
