@@ -248,7 +248,7 @@ impl Supervision {
                 }
             }
         }
-        self.ready("serving (config reloaded)");
+        self.ready("serving; config reloaded");
     }
 
     fn load(&self) -> Result<(Config, String), LoadError> {

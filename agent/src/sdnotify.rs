@@ -52,12 +52,16 @@ impl Notifier {
     /// abstract socket.
     pub fn connect(name: &OsStr) -> Result<Self, NotifyError> {
         let shown = name.to_string_lossy().into_owned();
-        let addr = socket_addr(name).map_err(|source| match source.kind() {
-            io::ErrorKind::InvalidInput => NotifyError::BadSocket(shown.clone()),
-            _ => NotifyError::Socket {
-                name: shown.clone(),
-                source,
-            },
+        let bytes = name.as_bytes();
+        let addr = match bytes.first() {
+            Some(b'/') => SocketAddr::from_pathname(name),
+            // "@name" is the abstract socket "\0name" (sd_notify(3)).
+            Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
+            _ => return Err(NotifyError::BadSocket(shown)),
+        }
+        .map_err(|source| NotifyError::Socket {
+            name: shown.clone(),
+            source,
         })?;
         let socket = UnixDatagram::unbound()
             // Never block the main loop on a full service-manager queue: a lost datagram is
@@ -97,16 +101,6 @@ pub fn notify(notifier: Option<&Notifier>, message: &str) {
     {
         let first = message.lines().next().unwrap_or_default();
         tracing::warn!("sd_notify {first} to {} failed: {e}", n.name);
-    }
-}
-
-fn socket_addr(name: &OsStr) -> io::Result<SocketAddr> {
-    let bytes = name.as_bytes();
-    match bytes.first() {
-        Some(b'/') => SocketAddr::from_pathname(name),
-        // "@name" is the abstract socket "\0name" (sd_notify(3)).
-        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
-        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
     }
 }
 
@@ -190,6 +184,10 @@ mod tests {
                 Err(NotifyError::BadSocket(_))
             ));
         }
+        // Too long for sun_path: named as such, not as a bad form.
+        let long = format!("/{}", "x".repeat(200));
+        let err = Notifier::connect(OsStr::new(&long)).unwrap_err();
+        assert!(matches!(err, NotifyError::Socket { .. }), "{err}");
     }
 
     #[test]
