@@ -5,8 +5,8 @@
 # cargo runs each test binary through qemu-aarch64-static (`runner` in .cargo/config.toml). Tests
 # that start the meshgate binary exec an aarch64 ELF themselves, which the kernel can only do
 # through binfmt_misc: as root, this script mounts it if needed and registers qemu-aarch64-static
-# for aarch64 ELF files for the duration of the run (unless a handler is already registered), and
-# removes that registration again on exit.
+# for aarch64 ELF files for the duration of the run, and removes that registration on exit. As
+# another user it needs a handler registered already (binfmt-support).
 set -euo pipefail
 # shellcheck source=cross/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -49,12 +49,15 @@ if [ ! -e "$BINFMT/register" ]; then
   mount -t binfmt_misc binfmt_misc "$BINFMT"
   mounted=1
 fi
-if ! has_handler; then
-  is_root || die "no binfmt_misc handler for aarch64 ELF files; run as root (or: apt-get install binfmt-support qemu-user-static)"
+# As root, always a registration of our own, even next to an existing one: a concurrent run that
+# removes its own on exit must not pull the handler from under this one.
+if is_root; then
   entry="meshgate-aarch64-$$"
   # F: the kernel opens the interpreter now, so it works inside any mount namespace.
   printf '%s\n' ":$entry:M::\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:$QEMU:F" >"$BINFMT/register"
   echo "registered binfmt_misc handler $entry -> $QEMU (removed on exit)" >&2
+elif ! has_handler; then
+  die "no binfmt_misc handler for aarch64 ELF files; run as root (or: apt-get install binfmt-support qemu-user-static)"
 fi
 
 say "cargo test --workspace --target aarch64-unknown-linux-musl (under qemu-user)"
