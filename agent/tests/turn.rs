@@ -20,12 +20,16 @@ struct Gateway {
 }
 
 fn gateway(turn_section: &str) -> Gateway {
+    gateway_on("127.0.0.1:0", turn_section)
+}
+
+fn gateway_on(listen: &str, turn_section: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gw.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\nrole = \"gateway\"\nsignal = \"off\"\n\
+            "listen = \"{listen}\"\nrole = \"gateway\"\nsignal = \"off\"\n\
              [discovery]\nmdns = false\n[turn]\nrealm = \"mesh.test\"\n\
              users = {{ alice = \"s3cret\" }}\nsecret = \"north\"\n{turn_section}\n"
         ),
@@ -41,8 +45,9 @@ fn gateway(turn_section: &str) -> Gateway {
             .env("RUST_LOG", "info"),
     );
     let err = proc.wait_for_stderr("started", Duration::from_secs(20));
+    let ip = listen.rsplit_once(':').map_or(listen, |(ip, _)| ip);
     let port = err
-        .split("udp 127.0.0.1:")
+        .split(&format!("udp {ip}:"))
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|digits| digits.parse().ok())
@@ -230,4 +235,71 @@ fn default_policy_refuses_loopback_peers() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("403"), "{out}");
     drop(gw.proc);
+}
+
+/// A gateway bound to 0.0.0.0 answers from the address each request came to (IP_PKTINFO):
+/// clients whose sockets are connected to that address drop anything else.
+#[test]
+fn wildcard_port_answers_from_the_address_asked() {
+    let gw = gateway_on("0.0.0.0:0", "relay_allow = [\"127.0.0.0/8\"]");
+    for dst in ["127.0.0.1", "127.0.0.2", "127.3.4.5"] {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect((dst, gw.port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let req = turn_gw::stun::Builder::new(
+            turn_gw::stun::BINDING,
+            turn_gw::stun::Class::Request,
+            [7; 12],
+        )
+        .finish();
+        let mut buf = [0u8; 512];
+        let mut answered = false;
+        for _ in 0..6 {
+            sock.send(&req).unwrap();
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = turn_gw::stun::Message::parse(&buf[..n]).unwrap();
+                let mapped = m.xor_address(turn_gw::stun::XOR_MAPPED_ADDRESS).unwrap();
+                assert_eq!(mapped, Some(sock.local_addr().unwrap()));
+                answered = true;
+                break;
+            }
+        }
+        assert!(
+            answered,
+            "no answer from {dst}:{} (wrong source address?)",
+            gw.port
+        );
+    }
+    // TURN through the second address: responses, ChannelData and relayed data all come back
+    // from 127.0.0.2.
+    let (_peer, peer_port) = echo_peer();
+    require("turnutils_uclient", COTURN);
+    let (status, out, err) = run_with_timeout(
+        Command::new("turnutils_uclient").args([
+            "-u",
+            "alice",
+            "-w",
+            "s3cret",
+            "-p",
+            &gw.port.to_string(),
+            "-n",
+            "100",
+            "-l",
+            "500",
+            "-m",
+            "2",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "127.0.0.2",
+        ]),
+        Duration::from_secs(90),
+    );
+    assert_no_loss(
+        status.code().unwrap_or(-1),
+        &format!("{out}{err}"),
+        "via 127.0.0.2",
+    );
 }

@@ -32,6 +32,7 @@ counters! {
     drop_rtp => "drop_rtp", "RTP/RTCP datagrams (first byte 128-191) dropped";
     drop_other => "drop_other", "datagrams with an unassigned first byte dropped";
     drop_unhandled => "drop_unhandled", "classified datagrams dropped because nothing serves their kind on this node";
+    drop_oversize => "drop_oversize", "datagrams longer than the 9216-byte receive slot, dropped";
     drop_malformed => "drop_malformed", "datagrams dropped because they did not parse (bad STUN, short ChannelData...)";
     stun_binding => "stun_binding_responses", "STUN Binding requests answered";
     stun_refused => "stun_refused", "STUN requests answered with an error because this node does not serve them (TURN off)";

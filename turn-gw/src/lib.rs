@@ -15,10 +15,12 @@ pub mod policy;
 pub mod socket;
 pub mod stun;
 pub mod turn;
+pub mod udp;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,6 +84,7 @@ impl SharedPort {
     /// Binds `addr`. Must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let (socket, buffers) = socket::bind_udp(addr)?;
+        udp::enable_pktinfo(&socket, addr.is_ipv6())?;
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         Ok(Self {
@@ -122,8 +125,11 @@ impl SharedPort {
 
     /// Serves until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut rx = udp::RecvBatch::default();
+        // Transmits, and for each the local address it must leave from (the one its request
+        // came to; `None` lets the kernel choose).
         let mut out = Vec::new();
+        let mut srcs: Vec<Option<udp::Local>> = Vec::new();
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -139,7 +145,7 @@ impl SharedPort {
                 () = &mut shutdown => return Ok(()),
                 ready = self.socket.readable() => {
                     ready?;
-                    self.drain(&mut buf, &mut out)?;
+                    self.drain(&mut rx, &mut out, &mut srcs)?;
                 }
                 _ = sweep.tick() => {
                     if let Some(turn) = &mut self.turn {
@@ -152,17 +158,37 @@ impl SharedPort {
                     }
                 }
             }
-            flush(&self.socket, &self.counters, &mut out).await;
+            srcs.resize(out.len(), None);
+            flush(&self.socket, &self.counters, &mut out, &mut srcs).await;
         }
     }
 
-    /// Reads every ready datagram (up to [`BATCH`]) and handles each inline.
-    fn drain(&mut self, buf: &mut [u8], out: &mut Vec<Transmit>) -> io::Result<()> {
+    /// Reads every ready datagram (up to [`BATCH`], `recvmmsg` by `recvmmsg`) and handles each
+    /// inline.
+    fn drain(
+        &mut self,
+        rx: &mut udp::RecvBatch,
+        out: &mut Vec<Transmit>,
+        srcs: &mut Vec<Option<udp::Local>>,
+    ) -> io::Result<()> {
         let now = Instant::now();
         let wall = SystemTime::now();
-        for _ in 0..BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((len, from)) => self.on_datagram(now, wall, &buf[..len], from, out),
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..BATCH / udp::BATCH {
+            match self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || udp::recv(fd, rx))
+            {
+                Ok(_) => {
+                    for (datagram, meta) in rx.iter() {
+                        if meta.truncated {
+                            Counters::add(&self.counters.drop_oversize, 1);
+                            continue;
+                        }
+                        self.on_datagram(now, wall, datagram, meta.from, meta.local, out);
+                        srcs.resize(out.len(), meta.local);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors for earlier sends surface here on Linux; they say nothing about
                 // this socket.
@@ -179,13 +205,14 @@ impl SharedPort {
         wall: SystemTime,
         datagram: &[u8],
         from: SocketAddr,
+        local: Option<udp::Local>,
         out: &mut Vec<Transmit>,
     ) {
         Counters::add(&self.counters.rx_bytes, datagram.len() as u64);
         let class = classify(datagram);
         self.counters.count(class);
         match class {
-            Ok(Kind::Stun) => self.on_stun(now, wall, datagram, from, out),
+            Ok(Kind::Stun) => self.on_stun(now, wall, datagram, from, local, out),
             Ok(Kind::ChannelData) => match &self.turn {
                 Some(turn) => turn.channel_data(now, from, datagram),
                 None => Counters::add(&self.counters.drop_unhandled, 1),
@@ -204,6 +231,7 @@ impl SharedPort {
         wall: SystemTime,
         datagram: &[u8],
         from: SocketAddr,
+        local: Option<udp::Local>,
         out: &mut Vec<Transmit>,
     ) {
         let msg = match stun::Message::parse(datagram) {
@@ -235,7 +263,13 @@ impl SharedPort {
             }
             (stun::BINDING, _) => None,
             _ => match &mut self.turn {
-                Some(turn) => turn.handle(now, wall, from, self.local_addr, &msg),
+                Some(turn) => {
+                    let server = SocketAddr::new(
+                        local.map_or(self.local_addr.ip(), |l| l.ip),
+                        self.local_addr.port(),
+                    );
+                    turn.handle(now, wall, from, server, local, &msg)
+                }
                 None if msg.class == stun::Class::Request => {
                     Counters::add(&self.counters.stun_refused, 1);
                     Some(
@@ -254,23 +288,48 @@ impl SharedPort {
     }
 }
 
-/// Sends every pending transmit; a full send buffer is waited on, not dropped.
-async fn flush(socket: &tokio::net::UdpSocket, counters: &Counters, out: &mut Vec<Transmit>) {
-    for t in out.drain(..) {
-        let mut sent = socket.try_send_to(&t.data, t.to);
-        if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            // The send buffer is full: wait for room rather than drop a handshake.
-            sent = socket.send_to(&t.data, t.to).await;
-        }
-        match sent {
-            Ok(n) => {
-                Counters::add(&counters.tx_datagrams, 1);
-                Counters::add(&counters.tx_bytes, n as u64);
+/// Sends every pending transmit, `sendmmsg` by `sendmmsg`, each from its local address; a full
+/// send buffer is waited on, not dropped.
+async fn flush(
+    socket: &tokio::net::UdpSocket,
+    counters: &Counters,
+    out: &mut Vec<Transmit>,
+    srcs: &mut Vec<Option<udp::Local>>,
+) {
+    let fd = socket.as_raw_fd();
+    let mut done = 0;
+    while done < out.len() {
+        let batch: Vec<udp::Outgoing<'_>> = out[done..]
+            .iter()
+            .zip(&srcs[done..])
+            .take(udp::BATCH)
+            .map(|(t, &from)| udp::Outgoing {
+                to: t.to,
+                from,
+                data: &t.data,
+            })
+            .collect();
+        match socket.try_io(tokio::io::Interest::WRITABLE, || udp::send(fd, &batch)) {
+            Ok(sent) => {
+                for t in &batch[..sent.min(batch.len())] {
+                    Counters::add(&counters.tx_datagrams, 1);
+                    Counters::add(&counters.tx_bytes, t.data.len() as u64);
+                }
+                done += sent.max(1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    break;
+                }
             }
             Err(e) => {
+                // sendmmsg reports the first datagram's error (e.g. no route): skip that one.
                 Counters::add(&counters.tx_errors, 1);
-                tracing::trace!(to = %t.to, "send failed: {e}");
+                tracing::trace!(to = %batch[0].to, "send failed: {e}");
+                done += 1;
             }
         }
     }
+    out.clear();
+    srcs.clear();
 }

@@ -15,6 +15,8 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::os::fd::AsRawFd;
+
 use tokio::net::UdpSocket;
 
 use crate::auth::{Credentials, NonceCheck, Nonces, Refused};
@@ -22,6 +24,7 @@ use crate::counters::Counters;
 use crate::peers::{BindError, PeerTable};
 use crate::policy::RelayPolicy;
 use crate::stun::{self, Builder, Class, Message};
+use crate::udp::Local;
 
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
@@ -143,12 +146,16 @@ impl TurnServer {
     }
 
     /// A TURN request or indication from `from`; returns the response to send back, if any.
+    ///
+    /// `server` is the address the request came to; `local` the same with its interface, from
+    /// IP_PKTINFO, which the allocation's Data indications and ChannelData are sent from.
     pub fn handle(
         &mut self,
         now: Instant,
         wall: SystemTime,
         from: SocketAddr,
-        local: SocketAddr,
+        server: SocketAddr,
+        local: Option<Local>,
         msg: &Message<'_>,
     ) -> Option<Vec<u8>> {
         if msg.class == Class::Indication {
@@ -176,7 +183,7 @@ impl TurnServer {
             Err(response) => return Some(response),
         };
         let reply = match msg.method {
-            stun::ALLOCATE => self.allocate(now, from, local, msg, &auth),
+            stun::ALLOCATE => self.allocate(now, from, server, local, msg, &auth),
             stun::REFRESH => self.refresh(now, from, msg, &auth),
             stun::CREATE_PERMISSION => self.create_permission(now, from, msg, &auth),
             stun::CHANNEL_BIND => self.channel_bind(now, from, msg, &auth),
@@ -298,7 +305,8 @@ impl TurnServer {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        local: SocketAddr,
+        server: SocketAddr,
+        local: Option<Local>,
         msg: &Message<'_>,
         auth: &Auth,
     ) -> Result<Vec<u8>, (u16, &'static str)> {
@@ -346,7 +354,7 @@ impl TurnServer {
             }
         } else {
             let relay_ip = self
-                .relay_ip_for(from, local)
+                .relay_ip_for(from, server)
                 .map_err(|_| (508, "Insufficient Capacity: no relay address"))?;
             if let Some(family) = msg.get(stun::REQUESTED_ADDRESS_FAMILY) {
                 let wants_v6 = family.first() == Some(&0x02);
@@ -378,6 +386,7 @@ impl TurnServer {
             Arc::clone(&relay),
             Arc::clone(&self.shared),
             from,
+            local,
             Arc::clone(&peers),
             Arc::clone(&self.counters),
         ));
@@ -663,10 +672,12 @@ async fn relay_to_client(
     relay: Arc<UdpSocket>,
     shared: Arc<UdpSocket>,
     client: SocketAddr,
+    local: Option<Local>,
     peers: Arc<Mutex<PeerTable>>,
     counters: Arc<Counters>,
 ) {
-    let mut buf = vec![0u8; 4 + crate::MAX_DATAGRAM];
+    // Peers' datagrams beyond a jumbo frame arrive truncated; nothing we relay for is that big.
+    let mut buf = vec![0u8; 4 + crate::udp::SLOT];
     let mut txid_state = random_u64();
     loop {
         let (n, peer) = match relay.recv_from(&mut buf[4..]).await {
@@ -689,7 +700,7 @@ async fn relay_to_client(
         let sent = if let (Some(number), Ok(len)) = (channel, u16::try_from(n)) {
             buf[0..2].copy_from_slice(&number.to_be_bytes());
             buf[2..4].copy_from_slice(&len.to_be_bytes());
-            shared.send_to(&buf[..4 + n], client).await
+            send_from(&shared, client, local, &buf[..4 + n]).await
         } else {
             txid_state = txid_state
                 .wrapping_mul(6_364_136_223_846_793_005)
@@ -700,7 +711,7 @@ async fn relay_to_client(
                 .xor_address(stun::XOR_PEER_ADDRESS, peer)
                 .attr(stun::ATTR_DATA, &buf[4..4 + n])
                 .finish();
-            shared.send_to(&indication, client).await
+            send_from(&shared, client, local, &indication).await
         };
         match sent {
             Ok(_) => {
@@ -710,4 +721,22 @@ async fn relay_to_client(
             Err(_) => Counters::add(&counters.tx_errors, 1),
         }
     }
+}
+
+/// Sends one datagram on the shared socket from the address the client's allocation was made
+/// on, waiting for room in the send buffer.
+async fn send_from(
+    shared: &UdpSocket,
+    to: SocketAddr,
+    from: Option<Local>,
+    data: &[u8],
+) -> io::Result<usize> {
+    let fd = shared.as_raw_fd();
+    let item = [crate::udp::Outgoing { to, from, data }];
+    shared
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            crate::udp::send(fd, &item)
+        })
+        .await
+        .map(|_| data.len())
 }
