@@ -20,7 +20,7 @@ for p in turnserver turnutils_uclient turnutils_peer; do
   command -v "$p" >/dev/null || { echo "needs $p: apt-get install coturn" >&2; exit 1; }
 done
 cargo build --release -p meshgate >&2
-BIN=$PWD/target/release/meshgate
+BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release/meshgate
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
