@@ -166,7 +166,12 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     "without TURN"
                 },
                 config.mesh,
-                config.listen
+                config
+                    .listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }

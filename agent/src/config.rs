@@ -43,7 +43,10 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub mesh: String,
     pub role: Role,
-    pub listen: SocketAddr,
+    /// The shared UDP port's addresses: one socket (and task) each.
+    pub listen: Vec<SocketAddr>,
+    /// `listen` was not given: the dual-stack default, where a host without IPv6 serves IPv4 only.
+    pub listen_default: bool,
     pub api: SocketAddr,
     /// HTTP signaling; `None` when off (the default for nodes).
     pub signal: Option<SocketAddr>,
@@ -277,7 +280,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     mesh: Option<String>,
     role: Option<String>,
-    listen: Option<String>,
+    listen: Option<Listen>,
     api: Option<String>,
     signal: Option<String>,
     log: Option<String>,
@@ -287,6 +290,14 @@ struct RawConfig {
     discovery: RawDiscovery,
     service: Vec<RawService>,
     forward: Vec<RawForward>,
+}
+
+/// `listen = "addr"` or `listen = ["addr", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Listen {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -444,7 +455,32 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
-    let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or("0.0.0.0:3478"))?;
+    let listen_default = raw.listen.is_none();
+    let listen = match raw.listen {
+        None => vec![
+            parse_addr("listen", "0.0.0.0:3478")?,
+            parse_addr("listen", "[::]:3478")?,
+        ],
+        Some(Listen::One(a)) => vec![parse_addr("listen", &a)?],
+        Some(Listen::Many(list)) => {
+            let addrs = list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| parse_addr(&format!("listen[{i}]"), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            if addrs.is_empty() {
+                return Err(ConfigError::new(
+                    "listen",
+                    "needs at least one address:port",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            if let Some(dup) = addrs.iter().find(|a| !seen.insert(**a)) {
+                return Err(ConfigError::new("listen", format!("{dup} is listed twice")));
+            }
+            addrs
+        }
+    };
     let api = parse_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:42000"))?;
     if !api.ip().is_loopback() {
         return Err(ConfigError::new(
@@ -537,6 +573,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         mesh,
         role,
         listen,
+        listen_default,
         api,
         signal,
         log,
@@ -665,7 +702,17 @@ mod tests {
         let empty = Config::parse("").unwrap();
         assert_eq!(empty, Config::embedded_default());
         assert_eq!(empty.role, Role::Node);
-        assert_eq!(empty.listen, "0.0.0.0:3478".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            empty.listen,
+            [
+                "0.0.0.0:3478".parse::<SocketAddr>().unwrap(),
+                "[::]:3478".parse().unwrap()
+            ]
+        );
+        assert!(empty.listen_default);
+        let both = Config::parse("listen = [\"127.0.0.1:1\", \"[::1]:1\"]").unwrap();
+        assert_eq!(both.listen.len(), 2);
+        assert!(!both.listen_default);
         assert_eq!(empty.api, "127.0.0.1:42000".parse::<SocketAddr>().unwrap());
         assert_eq!(empty.signal, None);
         assert!(!empty.turn.enabled);
@@ -753,6 +800,9 @@ target = "[::1]:80"
             ("log = \"[[\"", "log"),
             ("clock_skew = -5", "clock_skew"),
             ("listen = 3478", "listen"),
+            ("listen = []", "listen"),
+            ("listen = [\"127.0.0.1:1\", \"bad\"]", "listen[1]"),
+            ("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]", "listen"),
             ("[admission]\nallow = [\"abc\"]", "admission.allow[0]"),
             ("[turn]\nenabled = \"yes\"", "turn.enabled"),
             ("[turn]\nrealm = \"\"", "turn.realm"),

@@ -89,15 +89,52 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Runtime)?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(RunError::Runtime)?;
 
-    let mut port = SharedPort::bind(config.listen).map_err(|source| RunError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let local = port.local_addr();
+    // One socket and one task per listen address; each answers from the address it was asked on.
+    let mut ports = Vec::new();
+    for &addr in &config.listen {
+        match SharedPort::bind(addr) {
+            Ok(port) => ports.push(port),
+            Err(e) if config.listen_default && addr.is_ipv6() => {
+                tracing::warn!("no IPv6 on this host ({e}): serving udp on IPv4 only");
+            }
+            Err(source) => return Err(RunError::Bind { addr, source }),
+        }
+    }
+    let locals: Vec<SocketAddr> = ports.iter().map(SharedPort::local_addr).collect();
+    let udp = locals
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let certificate = identity.dtls_certificate()?;
+    let mut counters = Vec::new();
+    let mut dtls_counters = Vec::new();
+    for port in &mut ports {
+        let local = port.local_addr();
+        if config.turn.enabled {
+            port.enable_turn(crate::gateway::turn_config(&config, local));
+        }
+        let dtls = crate::dtls::DtlsSessions::new(
+            certificate.clone(),
+            local,
+            crate::dtls::DtlsConfig::default(),
+        )?;
+        dtls_counters.push(dtls.counters());
+        port.set_sessions(Box::new(dtls));
+        counters.push(port.counters());
+        let buffers = port.buffers();
+        if buffers.recv < turn_gw::SOCKET_BUFFER {
+            tracing::warn!(
+                "udp {local}: receive buffer is {} bytes, less than the {} asked for: raise \
+                 net.core.rmem_max, or expect loss under load",
+                buffers.recv,
+                turn_gw::SOCKET_BUFFER
+            );
+        }
+    }
     if config.turn.enabled {
-        port.enable_turn(crate::gateway::turn_config(&config, local));
         tracing::info!(
-            "TURN on udp {local}: realm {:?}, {} static user(s), REST secret {}, relay ports {:?}",
+            "TURN on udp {udp}: realm {:?}, {} static user(s), REST secret {}, relay ports {:?}",
             config.turn.realm,
             config.turn.users.len(),
             if config.turn.secret.is_some() {
@@ -108,39 +145,32 @@ async fn serve(
             config.turn.relay_ports
         );
     }
-    let dtls = crate::dtls::DtlsSessions::new(
-        identity.dtls_certificate()?,
-        local,
-        crate::dtls::DtlsConfig::default(),
-    )?;
-    let dtls_counters = dtls.counters();
-    port.set_sessions(Box::new(dtls));
-    let buffers = port.buffers();
     let id = identity.id();
     tracing::info!(
-        "started {role} {id} (short {short}), mesh ipv6 {ipv6}, udp {local}, mesh {mesh:?}",
+        "started {role} {id} (short {short}), mesh ipv6 {ipv6}, udp {udp}, mesh {mesh:?}",
         role = config.role,
         short = id.short(),
         ipv6 = id.ipv6(),
         mesh = config.mesh,
     );
-    if buffers.recv < turn_gw::SOCKET_BUFFER {
-        tracing::warn!(
-            "udp receive buffer is {} bytes, less than the {} asked for: raise \
-             net.core.rmem_max, or expect loss under load",
-            buffers.recv,
-            turn_gw::SOCKET_BUFFER
-        );
-    }
 
-    let counters = port.counters();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut port_task = tokio::spawn(port.run(async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let mut tasks = tokio::task::JoinSet::new();
+    for port in ports {
+        let local = port.local_addr();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let result = port
+                .run(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            (local, result)
+        });
+    }
     let mut watchdog = supervision.watchdog.map(tokio::time::interval);
     supervision.ready(&format!(
-        "serving udp {local} as {} {}",
+        "serving udp {udp} as {} {}",
         config.role,
         id.short()
     ));
@@ -152,27 +182,31 @@ async fn serve(
             _ = sighup.recv() => supervision.reload(&mut config),
             _ = sigusr1.recv() => log_counters(&counters, &dtls_counters),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
-            ended = &mut port_task => {
-                let err = match ended {
-                    Ok(Ok(())) => io::Error::other("stopped unexpectedly"),
-                    Ok(Err(e)) => e,
-                    Err(join) => io::Error::other(join.to_string()),
+            Some(ended) = tasks.join_next() => {
+                let (addr, err) = match ended {
+                    Ok((addr, Ok(()))) => (addr, io::Error::other("stopped unexpectedly")),
+                    Ok((addr, Err(e))) => (addr, e),
+                    Err(join) => (locals[0], io::Error::other(join.to_string())),
                 };
-                return Err(RunError::Port { addr: local, source: err });
+                return Err(RunError::Port { addr, source: err });
             }
         }
     }
     supervision.notify("STOPPING=1");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, port_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(source))) => {
-            return Err(RunError::Port {
-                addr: local,
-                source,
-            });
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(ended) = tasks.join_next().await {
+            match ended {
+                Ok((_, Ok(()))) => {}
+                Ok((addr, Err(source))) => return Err(RunError::Port { addr, source }),
+                Err(join) => tracing::warn!("shared port task ended badly: {join}"),
+            }
         }
-        Ok(Err(join)) => tracing::warn!("shared port task ended badly: {join}"),
+        Ok(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
         Err(_) => tracing::warn!("shared port did not stop within {SHUTDOWN_GRACE:?}"),
     }
     log_counters(&counters, &dtls_counters);
@@ -180,16 +214,36 @@ async fn serve(
     Ok(())
 }
 
-/// SIGUSR1 and shutdown: every nonzero counter of the shared port and DTLS, on one line.
-fn log_counters(counters: &turn_gw::Counters, dtls: &crate::dtls::DtlsCounters) {
-    let line: Vec<String> = counters
-        .snapshot()
+/// SIGUSR1 and shutdown: every nonzero counter of the shared ports and DTLS, summed over the
+/// listen addresses, on one line.
+fn log_counters(
+    counters: &[std::sync::Arc<turn_gw::Counters>],
+    dtls: &[std::sync::Arc<crate::dtls::DtlsCounters>],
+) {
+    let snapshots = counters
+        .iter()
+        .map(|c| c.snapshot())
+        .chain(dtls.iter().map(|d| d.snapshot()));
+    let line: Vec<String> = sum_by_name(snapshots)
         .into_iter()
-        .chain(dtls.snapshot())
-        .filter(|&(_, _, v)| v != 0)
-        .map(|(name, _, v)| format!("{name}={v}"))
+        .filter(|&(_, v)| v != 0)
+        .map(|(name, v)| format!("{name}={v}"))
         .collect();
     tracing::info!("counters: {}", line.join(" "));
+}
+
+/// Sums counter snapshots by name, keeping first-seen order.
+fn sum_by_name<'a>(
+    snapshots: impl Iterator<Item = Vec<(&'a str, &'a str, u64)>>,
+) -> Vec<(&'a str, u64)> {
+    let mut out: Vec<(&str, u64)> = Vec::new();
+    for (name, _, value) in snapshots.flatten() {
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += value,
+            None => out.push((name, value)),
+        }
+    }
+    out
 }
 
 /// What ties the daemon to its service manager: sd_notify, the watchdog, SIGHUP reloads.
@@ -273,6 +327,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         mesh,
         role,
         listen,
+        listen_default: _,
         api,
         signal,
         log,

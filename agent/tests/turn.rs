@@ -303,3 +303,61 @@ fn wildcard_port_answers_from_the_address_asked() {
         "via 127.0.0.2",
     );
 }
+
+/// `listen` as a list: an IPv4 and an IPv6 socket side by side, each answering STUN.
+#[test]
+fn ipv4_and_ipv6_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("n.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n[discovery]\nmdns = false\n",
+    )
+    .unwrap();
+    let mut node = Proc::spawn_cmd(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "info"),
+    );
+    let err = node.wait_for_stderr("started", Duration::from_secs(20));
+    let port_after = |prefix: &str| -> u16 {
+        err.split(prefix)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {err}"))
+    };
+    for (bind, server) in [
+        (
+            "127.0.0.1:0",
+            format!("127.0.0.1:{}", port_after("udp 127.0.0.1:")),
+        ),
+        ("[::1]:0", format!("[::1]:{}", port_after(", [::1]:"))),
+    ] {
+        let sock = UdpSocket::bind(bind).unwrap();
+        sock.connect(&server).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let req = turn_gw::stun::Builder::new(
+            turn_gw::stun::BINDING,
+            turn_gw::stun::Class::Request,
+            [9; 12],
+        )
+        .finish();
+        let mut buf = [0u8; 512];
+        let answered = (0..6).any(|_| {
+            sock.send(&req).unwrap();
+            sock.recv(&mut buf).is_ok_and(|n| {
+                turn_gw::stun::Message::parse(&buf[..n]).ok().and_then(|m| {
+                    m.xor_address(turn_gw::stun::XOR_MAPPED_ADDRESS)
+                        .ok()
+                        .flatten()
+                }) == Some(sock.local_addr().unwrap())
+            })
+        });
+        assert!(answered, "no STUN answer on {server}");
+    }
+}
