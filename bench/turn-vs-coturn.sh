@@ -61,7 +61,8 @@ EOF
 
 run_one() {
   local name=$1 pid
-  pid=$(start_"$name")
+  start_"$name" >"$work/$name.pid"
+  pid=$(cat "$work/$name.pid")
   pids+=("$pid")
   sleep 1
   kill -0 "$pid" || { echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1; }
@@ -92,8 +93,11 @@ PY
 
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) cores; uclient -c -l $L -m $M -n $N -z $Z"
 printf 'server\tpeak_msg/s\tmean_msg/s\tsent\treceived\tloss_%%\trtt_ms\tcpu_s\tpeak_rss_MiB\twall_s\n'
-c=$(run_one coturn); echo "$c"
-m=$(run_one meshgate); echo "$m"
+# Not in $(...): run_one must record server PIDs in this shell, for the cleanup trap.
+run_one coturn >"$work/coturn.row"
+c=$(cat "$work/coturn.row"); echo "$c"
+run_one meshgate >"$work/meshgate.row"
+m=$(cat "$work/meshgate.row"); echo "$m"
 python3 - "$c" "$m" <<'PY'
 import sys
 c, m = (l.split("\t") for l in sys.argv[1:])

@@ -1,7 +1,7 @@
 //! Counters of the shared port: datagrams by kind and drops by reason. Lock-free, read by the
 //! local API; written only by the socket loop.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use portable_atomic::{AtomicU64, Ordering};
 
 use crate::demux::{Drop, Kind};
 
