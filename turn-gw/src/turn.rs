@@ -740,3 +740,419 @@ async fn send_from(
         .await
         .map(|_| data.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::{Builder, Class, Message};
+    use portable_atomic::Ordering;
+    use std::net::Ipv4Addr;
+
+    const REALM: &str = "mesh.test";
+
+    fn config(max_total: usize, max_per_user: usize) -> TurnConfig {
+        TurnConfig {
+            credentials: Credentials {
+                realm: REALM.into(),
+                users: [
+                    ("alice".to_owned(), "a".to_owned()),
+                    ("bob".to_owned(), "b".to_owned()),
+                ]
+                .into_iter()
+                .collect(),
+                secret: None,
+                clock_skew: Duration::from_secs(300),
+            },
+            policy: RelayPolicy::default(),
+            relay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            relay_ports: 40000..=60000,
+            max_allocations: max_total,
+            max_allocations_per_user: max_per_user,
+        }
+    }
+
+    async fn server(max_total: usize, max_per_user: usize) -> TurnServer {
+        let shared = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        TurnServer::new(
+            config(max_total, max_per_user),
+            shared,
+            Arc::new(Counters::default()),
+        )
+    }
+
+    /// Sends `build(request)` as `user` from `from`, answering the 401 challenge first.
+    /// Returns the error code (0 for success) and the response.
+    fn request(
+        s: &mut TurnServer,
+        now: Instant,
+        from: SocketAddr,
+        (user, password): (&str, &str),
+        method: u16,
+        txid: u8,
+        build: impl Fn(Builder) -> Builder,
+    ) -> (u16, Vec<u8>) {
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let wall = SystemTime::now();
+        let first = build(Builder::new(method, Class::Request, [txid; 12])).finish();
+        let challenge = s
+            .handle(
+                now,
+                wall,
+                from,
+                server,
+                None,
+                &Message::parse(&first).unwrap(),
+            )
+            .unwrap();
+        let challenge = Message::parse(&challenge).unwrap();
+        assert_eq!(error_code(&challenge), 401);
+        let nonce = challenge.text(stun::NONCE).unwrap().to_owned();
+        let key = s.config.credentials.key(user, password);
+        let second = build(Builder::new(
+            method,
+            Class::Request,
+            [txid.wrapping_add(1); 12],
+        ))
+        .attr(stun::USERNAME, user.as_bytes())
+        .attr(stun::REALM, REALM.as_bytes())
+        .attr(stun::NONCE, nonce.as_bytes())
+        .integrity(&key)
+        .fingerprint()
+        .finish();
+        let response = s
+            .handle(
+                now,
+                wall,
+                from,
+                server,
+                None,
+                &Message::parse(&second).unwrap(),
+            )
+            .unwrap();
+        let parsed = Message::parse(&response).unwrap();
+        assert!(
+            parsed.check_integrity(&key),
+            "authenticated responses carry integrity"
+        );
+        (error_code(&parsed), response)
+    }
+
+    fn error_code(m: &Message<'_>) -> u16 {
+        match m.class {
+            Class::Error => m
+                .get(stun::ERROR_CODE)
+                .map(|v| u16::from(v[2]) * 100 + u16::from(v[3]))
+                .unwrap(),
+            _ => 0,
+        }
+    }
+
+    fn udp(b: Builder) -> Builder {
+        b.attr(stun::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+    }
+
+    fn client(n: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 10000 + n)
+    }
+
+    #[tokio::test]
+    async fn quotas_per_user_and_in_total() {
+        let mut s = server(3, 2).await;
+        let now = Instant::now();
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                1,
+                udp
+            )
+            .0,
+            0
+        );
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(2),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                3,
+                udp
+            )
+            .0,
+            0
+        );
+        // A third for alice: her quota (2) is reached.
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(3),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                5,
+                udp
+            )
+            .0,
+            486
+        );
+        // Bob still gets one: the total (3) is not reached yet; then it is.
+        assert_eq!(
+            request(&mut s, now, client(4), ("bob", "b"), stun::ALLOCATE, 7, udp).0,
+            0
+        );
+        assert_eq!(
+            request(&mut s, now, client(5), ("bob", "b"), stun::ALLOCATE, 9, udp).0,
+            508
+        );
+        assert_eq!(s.allocations(), 3);
+        assert_eq!(s.counters.turn_quota_refused.load(Ordering::Relaxed), 2);
+        // A second Allocate from the same client is a mismatch, not a second allocation.
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                11,
+                udp
+            )
+            .0,
+            437
+        );
+        // Another user's credentials cannot touch alice's allocation.
+        let refresh = |b: Builder| b.u32_attr(stun::LIFETIME, 0);
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("bob", "b"),
+                stun::REFRESH,
+                13,
+                refresh
+            )
+            .0,
+            441
+        );
+        // Refresh with lifetime 0 ends it and frees alice's quota.
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("alice", "a"),
+                stun::REFRESH,
+                15,
+                refresh
+            )
+            .0,
+            0
+        );
+        assert_eq!(s.allocations(), 2);
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(3),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                17,
+                udp
+            )
+            .0,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn allocations_expire_after_their_lifetime() {
+        let mut s = server(10, 10).await;
+        let t0 = Instant::now();
+        let (code, raw) = request(
+            &mut s,
+            t0,
+            client(1),
+            ("alice", "a"),
+            stun::ALLOCATE,
+            1,
+            udp,
+        );
+        assert_eq!(code, 0);
+        let m = Message::parse(&raw).unwrap();
+        assert_eq!(m.u32_attr(stun::LIFETIME), Ok(Some(600)));
+        let relayed = m.xor_address(stun::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+        assert_eq!(relayed.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!((40000..=60000).contains(&relayed.port()));
+        s.expire(t0 + Duration::from_secs(599));
+        assert_eq!(s.allocations(), 1);
+        // A refresh at 500 s extends it by another 600 s.
+        let refresh = |b: Builder| b.u32_attr(stun::LIFETIME, 600);
+        let at = t0 + Duration::from_secs(500);
+        assert_eq!(
+            request(
+                &mut s,
+                at,
+                client(1),
+                ("alice", "a"),
+                stun::REFRESH,
+                3,
+                refresh
+            )
+            .0,
+            0
+        );
+        s.expire(t0 + Duration::from_secs(1099));
+        assert_eq!(s.allocations(), 1);
+        s.expire(t0 + Duration::from_secs(1100));
+        assert_eq!(s.allocations(), 0);
+        assert_eq!(s.counters.turn_allocations.load(Ordering::Relaxed), 0);
+        // Its relay port is free again once the runtime has dropped the aborted relay task.
+        let mut released = false;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if std::net::UdpSocket::bind(relayed).is_ok() {
+                released = true;
+                break;
+            }
+        }
+        assert!(released, "relay port {relayed} still bound");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_their_codes() {
+        let mut s = server(10, 10).await;
+        let now = Instant::now();
+        // No REQUESTED-TRANSPORT: 400; TCP: 442.
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                1,
+                |b| b
+            )
+            .0,
+            400
+        );
+        let tcp = |b: Builder| b.attr(stun::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(1),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                3,
+                tcp
+            )
+            .0,
+            442
+        );
+        // Wrong password: 401 again, counted.
+        let (code, _) = {
+            let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+            let first = udp(Builder::new(stun::ALLOCATE, Class::Request, [9; 12])).finish();
+            let ch = s
+                .handle(
+                    now,
+                    SystemTime::now(),
+                    client(2),
+                    server,
+                    None,
+                    &Message::parse(&first).unwrap(),
+                )
+                .unwrap();
+            let nonce = Message::parse(&ch)
+                .unwrap()
+                .text(stun::NONCE)
+                .unwrap()
+                .to_owned();
+            let bad = udp(Builder::new(stun::ALLOCATE, Class::Request, [10; 12]))
+                .attr(stun::USERNAME, b"alice")
+                .attr(stun::REALM, REALM.as_bytes())
+                .attr(stun::NONCE, nonce.as_bytes())
+                .integrity(&s.config.credentials.key("alice", "wrong"))
+                .finish();
+            let r = s
+                .handle(
+                    now,
+                    SystemTime::now(),
+                    client(2),
+                    server,
+                    None,
+                    &Message::parse(&bad).unwrap(),
+                )
+                .unwrap();
+            (error_code(&Message::parse(&r).unwrap()), r)
+        };
+        assert_eq!(code, 401);
+        assert_eq!(s.counters.turn_auth_failures.load(Ordering::Relaxed), 1);
+        // Permission to a loopback peer under the default policy: 403, counted.
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(3),
+                ("alice", "a"),
+                stun::ALLOCATE,
+                11,
+                udp
+            )
+            .0,
+            0
+        );
+        let peer =
+            |b: Builder| b.xor_address(stun::XOR_PEER_ADDRESS, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(3),
+                ("alice", "a"),
+                stun::CREATE_PERMISSION,
+                13,
+                peer
+            )
+            .0,
+            403
+        );
+        assert_eq!(s.counters.turn_relay_denied.load(Ordering::Relaxed), 1);
+        let ok_peer =
+            |b: Builder| b.xor_address(stun::XOR_PEER_ADDRESS, "198.51.100.9:9".parse().unwrap());
+        assert_eq!(
+            request(
+                &mut s,
+                now,
+                client(3),
+                ("alice", "a"),
+                stun::CREATE_PERMISSION,
+                15,
+                ok_peer
+            )
+            .0,
+            0
+        );
+        // An unknown comprehension-required attribute: 420 before anything else.
+        let odd = Builder::new(stun::ALLOCATE, Class::Request, [20; 12])
+            .attr(0x0077, b"?")
+            .finish();
+        let r = s
+            .handle(
+                now,
+                SystemTime::now(),
+                client(4),
+                "127.0.0.1:3478".parse().unwrap(),
+                None,
+                &Message::parse(&odd).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(error_code(&Message::parse(&r).unwrap()), 420);
+    }
+}
