@@ -39,11 +39,11 @@
 //!   gets a DTLS 1.2 ServerHello: unknown extensions are skipped (test
 //!   `a_dtls13_client_hello_is_answered_with_dtls12`); a client that also offers 1.2 falls back.
 
+use portable_atomic::{AtomicU64, Ordering};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use portable_atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
