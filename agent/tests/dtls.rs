@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshgate::identity::NodeId;
-use meshgate_tests::{Proc, openssl_fingerprint, require, run_with_timeout};
+use meshgate_tests::{Node, Proc, free_udp_port, openssl_fingerprint, require, run_with_timeout};
 use nix::sys::signal::Signal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
@@ -18,71 +18,30 @@ const COTURN: &str = "apt-get install coturn";
 
 /// A running gateway with TURN on, on an ephemeral loopback port.
 struct Gateway {
-    proc: Proc,
+    node: Node,
     port: u16,
-    dir: tempfile::TempDir,
 }
 
 fn gateway() -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gw.toml");
-    std::fs::write(
-        &config,
+    let node = Node::start(
+        BIN,
         "listen = \"127.0.0.1:0\"\nrole = \"gateway\"\nsignal = \"off\"\n\
          [discovery]\nmdns = false\n[turn]\nusers = { alice = \"s3cret\" }\n\
          relay_allow = [\"127.0.0.0/8\"]\n",
-    )
-    .unwrap();
-    let mut proc = Proc::spawn_cmd(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("RUST_LOG", "info"),
     );
-    let err = proc.wait_for_stderr("started", Duration::from_secs(20));
-    let port = err
-        .split("udp 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("no udp port in {err}"));
-    Gateway { proc, port, dir }
+    let port = node.udp_port("127.0.0.1");
+    Gateway { node, port }
 }
 
 impl Gateway {
     fn cert(&self) -> std::path::PathBuf {
-        self.dir.path().join("state/identity/cert.pem")
+        self.node.state_dir().join("identity/cert.pem")
     }
 
     /// One of the shared port's counters, read through the SIGUSR1 log line.
     fn counter(&mut self, name: &str) -> u64 {
-        let before = self.proc.stderr().matches("counters:").count();
-        self.proc.signal(Signal::SIGUSR1);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.proc.stderr();
-            if log.matches("counters:").count() > before {
-                let line = log.lines().rev().find(|l| l.contains("counters:")).unwrap();
-                return line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-            }
-            assert!(Instant::now() < deadline, "no counters line:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.node.counter(name)
     }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `openssl s_client -dtls1_2` against the gateway with `extra` arguments; panics unless the
@@ -216,19 +175,20 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
     let (status, id_json, err) = run_with_timeout(
         Command::new(BIN)
             .args(["id", "--json", "--state-dir"])
-            .arg(gw.dir.path().join("state")),
+            .arg(gw.node.state_dir()),
         Duration::from_secs(10),
     );
     assert!(status.success(), "{err}");
     assert!(id_json.contains(&format!("sha-256 {seen}")), "{id_json}");
-    gw.proc
+    gw.node
+        .proc
         .wait_for_stderr("complete, peer no certificate", Duration::from_secs(5));
 
     // 2. With a client certificate: the log names the client's node ID.
     let (cert, key) = openssl_client_cert(work.path());
     let client_id = NodeId::from_fingerprint_hex(&openssl_fingerprint(Path::new(&cert))).unwrap();
     s_client(&gw, &["-cert", &cert, "-key", &key]);
-    gw.proc.wait_for_stderr(
+    gw.node.proc.wait_for_stderr(
         &format!("complete, peer {}", client_id.short()),
         Duration::from_secs(5),
     );
@@ -241,8 +201,8 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
     }
     let from_sport = format!("DTLS handshake with 127.0.0.1:{sport} complete");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.proc.stderr().matches(&from_sport).count() < 2 {
-        assert!(Instant::now() < deadline, "{}", gw.proc.stderr());
+    while gw.node.proc.stderr().matches(&from_sport).count() < 2 {
+        assert!(Instant::now() < deadline, "{}", gw.node.proc.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -262,12 +222,13 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
         "TURN lost packets:\n{report}"
     );
 
-    gw.proc.signal(Signal::SIGTERM);
+    gw.node.proc.signal(Signal::SIGTERM);
     let status = gw
+        .node
         .proc
         .wait_for_exit(Duration::from_secs(10))
         .expect("stops");
-    assert_eq!(status.code(), Some(0), "{}", gw.proc.stderr());
+    assert_eq!(status.code(), Some(0), "{}", gw.node.proc.stderr());
 }
 
 /// A client that sends a ClientHello and vanishes leaves nothing in the way: a new client on

@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshgate_tests::Proc;
+use meshgate_tests::Node;
 use nix::sys::signal::Signal;
 use turn_gw::stun::{self, Builder, Class, Message};
 
@@ -116,29 +115,12 @@ fn hostile(rng: &mut Rng, i: usize) -> Vec<u8> {
 
 #[test]
 fn flood_of_bad_datagrams_is_counted_and_survived() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gw.toml");
-    std::fs::write(
-        &config,
+    let mut node = Node::start(
+        BIN,
         "listen = \"127.0.0.1:0\"\nrole = \"gateway\"\nsignal = \"off\"\n[discovery]\nmdns = false\n\
          [turn]\nrealm = \"mesh.test\"\nusers = { alice = \"s3cret\" }\n",
-    )
-    .unwrap();
-    let mut node = Proc::spawn_cmd(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("RUST_LOG", "info"),
     );
-    let err = node.wait_for_stderr("started", Duration::from_secs(20));
-    let port: u16 = err
-        .split("udp 127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok())
-        .expect("port in the start line");
+    let port = node.udp_port("127.0.0.1");
     let server = format!("127.0.0.1:{port}");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert!(binding_answered(&sock, &server));
@@ -157,7 +139,7 @@ fn flood_of_bad_datagrams_is_counted_and_survived() {
             }
         }
         assert!(binding_answered(&sock, &server), "STUN stopped answering");
-        rss.push(rss_kib(node.pid()));
+        rss.push(rss_kib(node.proc.pid()));
         assert!(started.elapsed() < Duration::from_secs(120));
     }
     // After the first round's warm-up, memory stays flat (allow a little allocator noise).
@@ -166,20 +148,15 @@ fn flood_of_bad_datagrams_is_counted_and_survived() {
         "RSS grew under the flood: {rss:?} KiB"
     );
 
-    node.signal(Signal::SIGUSR1);
-    let log = node.wait_for_stderr("counters:", Duration::from_secs(10));
-    let counter = |name: &str| -> u64 {
-        log.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    assert!(counter("drop_malformed") > 1000, "{log}");
-    assert!(counter("drop_truncated") > 100, "{log}");
-    assert!(counter("drop_empty") > 100, "{log}");
-    assert!(counter("stun_binding_responses") >= 4, "{log}");
+    assert!(node.counter("drop_malformed") > 1000);
+    assert!(node.counter("drop_truncated") > 100);
+    assert!(node.counter("drop_empty") > 100);
+    assert!(node.counter("stun_binding_responses") >= 4);
 
-    node.signal(Signal::SIGTERM);
-    let status = node.wait_for_exit(Duration::from_secs(10)).expect("stops");
-    assert_eq!(status.code(), Some(0), "{}", node.stderr());
+    node.proc.signal(Signal::SIGTERM);
+    let status = node
+        .proc
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("stops");
+    assert_eq!(status.code(), Some(0), "{}", node.proc.stderr());
 }

@@ -7,16 +7,15 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meshgate_tests::{Proc, require, run_with_timeout};
+use meshgate_tests::{Node, Proc, free_udp_port, require, run_with_timeout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 const COTURN: &str = "apt-get install coturn";
 
 /// A running gateway on an ephemeral loopback port.
 struct Gateway {
-    proc: Proc,
+    node: Node,
     port: u16,
-    _dir: tempfile::TempDir,
 }
 
 fn gateway(turn_section: &str) -> Gateway {
@@ -24,47 +23,17 @@ fn gateway(turn_section: &str) -> Gateway {
 }
 
 fn gateway_on(listen: &str, turn_section: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gw.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let node = Node::start(
+        BIN,
+        &format!(
             "listen = \"{listen}\"\nrole = \"gateway\"\nsignal = \"off\"\n\
              [discovery]\nmdns = false\n[turn]\nrealm = \"mesh.test\"\n\
              users = {{ alice = \"s3cret\" }}\nsecret = \"north\"\n{turn_section}\n"
         ),
-    )
-    .unwrap();
-    let state = dir.path().join("state");
-    let mut proc = Proc::spawn_cmd(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .env("RUST_LOG", "info"),
     );
-    let err = proc.wait_for_stderr("started", Duration::from_secs(20));
     let ip = listen.rsplit_once(':').map_or(listen, |(ip, _)| ip);
-    let port = err
-        .split(&format!("udp {ip}:"))
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("no udp port in {err}"));
-    Gateway {
-        proc,
-        port,
-        _dir: dir,
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let port = node.udp_port(ip);
+    Gateway { node, port }
 }
 
 /// `turnutils_peer`, the echo peer that relayed data goes to.
@@ -234,7 +203,7 @@ fn default_policy_refuses_loopback_peers() {
     let (code, out) = uclient(&gw, Some(peer_port), "alice", "s3cret", &["-m", "1"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("403"), "{out}");
-    drop(gw.proc);
+    drop(gw.node);
 }
 
 /// A gateway bound to 0.0.0.0 answers from the address each request came to (IP_PKTINFO):
@@ -307,35 +276,16 @@ fn wildcard_port_answers_from_the_address_asked() {
 /// `listen` as a list: an IPv4 and an IPv6 socket side by side, each answering STUN.
 #[test]
 fn ipv4_and_ipv6_side_by_side() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("n.toml");
-    std::fs::write(
-        &config,
+    let node = Node::start(
+        BIN,
         "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n[discovery]\nmdns = false\n",
-    )
-    .unwrap();
-    let mut node = Proc::spawn_cmd(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("RUST_LOG", "info"),
     );
-    let err = node.wait_for_stderr("started", Duration::from_secs(20));
-    let port_after = |prefix: &str| -> u16 {
-        err.split(prefix)
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|d| d.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in {err}"))
-    };
     for (bind, server) in [
         (
             "127.0.0.1:0",
-            format!("127.0.0.1:{}", port_after("udp 127.0.0.1:")),
+            format!("127.0.0.1:{}", node.udp_port("127.0.0.1")),
         ),
-        ("[::1]:0", format!("[::1]:{}", port_after(", [::1]:"))),
+        ("[::1]:0", format!("[::1]:{}", node.udp_port("[::1]"))),
     ] {
         let sock = UdpSocket::bind(bind).unwrap();
         sock.connect(&server).unwrap();

@@ -162,3 +162,83 @@ pub fn openssl_fingerprint(cert: &Path) -> String {
         .map(|(_, fp)| fp.to_owned())
         .unwrap_or_else(|| panic!("unexpected openssl output {out:?}"))
 }
+
+/// A `meshgate run` on a config the test wrote, in a temp dir of its own (config, state dir),
+/// logging at info. Killed on drop like any [`Proc`].
+#[derive(Debug)]
+pub struct Node {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    start_line: String,
+}
+
+impl Node {
+    /// Starts `bin run` on `config` (TOML text) and waits for its start line.
+    pub fn start(bin: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshgate.toml");
+        fs::write(&path, config).unwrap();
+        let mut proc = Proc::spawn_cmd(
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(&path)
+                .arg("--state-dir")
+                .arg(dir.path().join("state"))
+                .env("RUST_LOG", "info"),
+        );
+        let err = proc.wait_for_stderr("started", Duration::from_secs(20));
+        let start_line = err
+            .lines()
+            .find(|l| l.contains("started"))
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            proc,
+            dir,
+            start_line,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The UDP port the start line gives for `ip` as printed there (`127.0.0.1`, `[::1]`...).
+    pub fn udp_port(&self, ip: &str) -> u16 {
+        self.start_line
+            .split(&format!("{ip}:"))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("no udp port for {ip} in {:?}", self.start_line))
+    }
+
+    /// One counter from the SIGUSR1 log line (0 when it is not listed, i.e. zero).
+    pub fn counter(&mut self, name: &str) -> u64 {
+        let before = self.proc.stderr().matches("counters:").count();
+        self.proc.signal(Signal::SIGUSR1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.proc.stderr();
+            if log.matches("counters:").count() > before {
+                let line = log.lines().rev().find(|l| l.contains("counters:")).unwrap();
+                return line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            }
+            assert!(Instant::now() < deadline, "no counters line:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1 (for third-party tools that need one).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
