@@ -103,33 +103,19 @@ pub enum DtlsError {
     Config(String),
 }
 
-macro_rules! counters {
-    ($($field:ident => $name:literal, $help:literal;)*) => {
-        /// Monotonic counters (and one gauge); see [`DtlsCounters::snapshot`] for their names.
-        #[derive(Debug, Default)]
-        pub struct DtlsCounters {
-            $(pub $field: AtomicU64,)*
-        }
-
-        impl DtlsCounters {
-            /// `(metric name, help, value)` for every counter, in a fixed order.
-            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$(($name, $help, self.$field.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-counters! {
-    started => "dtls_handshakes_started", "DTLS handshakes begun by a ClientHello";
-    completed => "dtls_handshakes_completed", "DTLS handshakes completed";
-    failed => "dtls_handshakes_failed", "DTLS handshakes that failed (alert, bad message, peer closed, byte budget spent)";
-    timed_out => "dtls_handshakes_timed_out", "DTLS handshakes abandoned at their deadline or when retransmissions ran out";
-    restarted => "dtls_handshakes_restarted", "DTLS handshakes replaced by a new ClientHello from the same address";
-    refused => "dtls_handshakes_refused", "ClientHellos dropped because the half-open handshake cap was reached";
-    drop_no_session => "dtls_drop_no_session", "DTLS datagrams dropped: no session for their address and not a ClientHello";
-    drop_malformed => "dtls_drop_malformed", "DTLS datagrams dropped: records that do not frame or have an unknown content type";
-    half_open => "dtls_half_open", "DTLS handshakes in progress now (a gauge)";
+turn_gw::counter_set! {
+    /// Monotonic counters (and one gauge, `dtls_half_open`) of the DTLS engine.
+    pub struct DtlsCounters {
+        started => "dtls_handshakes_started", "DTLS handshakes begun by a ClientHello";
+        completed => "dtls_handshakes_completed", "DTLS handshakes completed";
+        failed => "dtls_handshakes_failed", "DTLS handshakes that failed (alert, bad message, peer closed, byte budget spent)";
+        timed_out => "dtls_handshakes_timed_out", "DTLS handshakes abandoned at their deadline or when retransmissions ran out";
+        restarted => "dtls_handshakes_restarted", "DTLS handshakes replaced by a new ClientHello from the same address";
+        refused => "dtls_handshakes_refused", "ClientHellos dropped because the half-open handshake cap was reached";
+        drop_no_session => "dtls_drop_no_session", "DTLS datagrams dropped: no session for their address and not a ClientHello";
+        drop_malformed => "dtls_drop_malformed", "DTLS datagrams dropped: records that do not frame or have an unknown content type";
+        half_open => "dtls_half_open", "DTLS handshakes in progress now (a gauge)";
+    }
 }
 
 fn bump(counter: &AtomicU64) {
