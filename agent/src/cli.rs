@@ -152,7 +152,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             target
                 .parse::<Target>()
                 .map_err(|e| Failure::Usage(format!("connect: target {e} (or svc:NAME)")))?;
-            no_api(&api)
+            connect(&api, &peer, &target)
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
@@ -216,6 +216,95 @@ fn no_api(args: &ApiArgs) -> Result<(), Failure> {
              yet, so it cannot ask it"
         ))),
     }
+}
+
+fn api_addr(args: &ApiArgs) -> Result<SocketAddr, Failure> {
+    match args.api {
+        Some(a) => Ok(a),
+        None => Ok(load_config(args.config.as_deref())?.0.api),
+    }
+}
+
+/// `meshgate connect`: asks the running node (local API) for a stream, then pipes stdin to it
+/// and it to stdout. stdin's end is a half-close: the reply still comes back in full.
+fn connect(args: &ApiArgs, peer: &str, target: &str) -> Result<(), Failure> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let addr = api_addr(args)?;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
+        Failure::Runtime(format!(
+            "no running node: nothing answers on the local API at {addr} ({e}); start one with \
+             `meshgate run`"
+        ))
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let request = format!(
+        "POST /v1/connect?peer={}&target={} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: {}\r\nContent-Length: 0\r\n\r\n",
+        crate::api::percent_encode(peer),
+        crate::api::percent_encode(target),
+        crate::api::UPGRADE
+    );
+    let io = |e: std::io::Error| Failure::Runtime(format!("local API at {addr}: {e}"));
+    tcp.write_all(request.as_bytes()).map_err(io)?;
+    // The answer comes after the peer answered (at most api::OPEN_TIMEOUT) and before any data.
+    tcp.set_read_timeout(Some(crate::api::OPEN_TIMEOUT + Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut reader = BufReader::new(tcp.try_clone().map_err(io)?);
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(io)?;
+    let mut content_length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(io)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.trim().eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    if !status.starts_with("HTTP/1.1 101") {
+        let mut body = vec![0u8; content_length.min(64 * 1024)];
+        let _ = reader.read_exact(&mut body);
+        let body = String::from_utf8_lossy(&body);
+        return Err(Failure::Runtime(format!(
+            "connect to {target} on {peer}: {}",
+            if body.trim().is_empty() {
+                status.trim()
+            } else {
+                body.trim()
+            }
+        )));
+    }
+    tcp.set_read_timeout(None).map_err(io)?;
+    // Whatever the reader buffered past the head is stream data.
+    let buffered = reader.buffer().to_vec();
+    let mut upstream = tcp.try_clone().map_err(io)?;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let _ = std::io::copy(&mut stdin, &mut upstream);
+        let _ = upstream.shutdown(std::net::Shutdown::Write);
+    });
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&buffered).map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                stdout.write_all(&buf[..n]).map_err(io)?;
+                stdout.flush().map_err(io)?;
+            }
+            Err(e) => {
+                return Err(Failure::Runtime(format!(
+                    "connect to {target} on {peer}: the stream was reset ({e})"
+                )));
+            }
+        }
+    }
+    stdout.flush().map_err(io)?;
+    Ok(())
 }
 
 /// `--config FILE`, else the system config if it exists, else the embedded default.

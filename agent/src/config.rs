@@ -137,6 +137,15 @@ impl FromStr for PeerRef {
     }
 }
 
+impl fmt::Display for PeerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerRef::Id(id) => id.fmt(f),
+            PeerRef::Short(short) => f.write_str(short),
+        }
+    }
+}
+
 /// What a stream asks the far side to connect to (DESIGN.md §6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

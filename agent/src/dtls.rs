@@ -1,20 +1,26 @@
-//! DTLS on the shared port (DESIGN.md §3, §5): the sessions engine the agent plugs into
-//! `turn_gw::SharedPort`. An rtc-dtls server endpoint keyed by remote address, with the node's
-//! identity certificate, driven sans-IO: datagrams and `now` in, transmits out.
+//! DTLS on the shared port (DESIGN.md §3, §5): one rtc-dtls endpoint keyed by remote address,
+//! with the node's identity certificate, driven sans-IO (datagrams and `now` in, transmits and
+//! [`DtlsEvent`]s out). It both accepts (a ClientHello from anywhere) and dials (a peer whose node
+//! ID we know); either way both sides present their certificate and the session is pinned to the
+//! SHA-256 of the peer's (its node ID). The session layer (`crate::session`) sits on top.
 //!
 //! What this adds around the endpoint, because rtc-dtls 0.21 does none of it:
-//! - state for a remote address is made only by a ClientHello (the endpoint makes a connection
-//!   for any datagram from anywhere);
+//! - state for a remote address is made only by a ClientHello or by our own dial (the endpoint
+//!   makes a connection for any datagram from anywhere);
 //! - every handshake has a deadline (a server waiting for the client's next flight never gives
 //!   up on its own: rtc-dtls re-arms that timer forever, and rtc#46 reports a deadlock), a byte
 //!   budget (the endpoint queues early epoch-1 records without bound and buffers up to 2 MB of
 //!   fragments per connection), and the number of half-open handshakes is capped;
+//! - a dial checks the server's certificate against the node ID it dials, inside the handshake
+//!   (the client aborts with an alert); the server requires a client certificate and refuses
+//!   its own ID and, with an `[admission] allow` list, any ID not on it;
+//! - simultaneous dials between two nodes share one 4-tuple (both dial from their shared port to
+//!   the other's): the node with the lower ID keeps its dial and ignores the other's ClientHello,
+//!   the higher one drops its dial and answers. Deterministic, so one session results;
 //! - a session's state is removed when it ends, so a peer that reconnects from the same address
-//!   gets a fresh one; a new ClientHello (another client random) from an address with a
-//!   handshake in progress restarts it.
-//!
-//! Until sessions exist (issue 4) a completed handshake is logged, closed with close_notify,
-//! and forgotten.
+//!   gets a fresh one. A ClientHello from the address of an established session means the peer
+//!   restarted: the old session is closed and the handshake served. A new ClientHello (another
+//!   client random) from an address with a handshake in progress restarts it.
 //!
 //! rtc-dtls 0.21.1 sharp edges met here (each handled below or pinned by a test):
 //! - Bug: `HandshakeMessageClientHello::unmarshal` reads the session ID's length but not its
@@ -40,7 +46,7 @@
 //!   `a_dtls13_client_hello_is_answered_with_dtls12`); a client that also offers 1.2 falls back.
 
 use portable_atomic::{AtomicU64, Ordering};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,13 +54,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc_dtls::cipher_suite::CipherSuiteId;
-use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
+use rtc_dtls::config::{
+    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
+};
 use rtc_dtls::crypto::Certificate;
 use rtc_dtls::crypto_provider::providers::RingProvider;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc_shared::TransportProtocol;
-use turn_gw::{Sessions, Transmit};
+use turn_gw::Transmit;
 
 use crate::identity::NodeId;
 
@@ -66,8 +74,8 @@ pub const MAX_HALF_OPEN: usize = 256;
 /// twice, a certificate, key exchange, Finished); the budget bounds what a half-open handshake
 /// can make the engine buffer.
 pub const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
-/// Completed handshakes kept for [`DtlsSessions::poll_completed`] when nobody takes them.
-const COMPLETED_QUEUE: usize = 64;
+/// Events kept when nobody takes them (unit tests that only look at counters).
+const MAX_EVENTS: usize = 4096;
 
 /// DTLS record header: type(1) version(2) epoch(2) sequence(6) length(2).
 const RECORD_HEADER: usize = 13;
@@ -104,17 +112,22 @@ pub enum DtlsError {
 }
 
 turn_gw::counter_set! {
-    /// Monotonic counters (and one gauge, `dtls_half_open`) of the DTLS engine.
+    /// Monotonic counters (and gauges, `dtls_half_open` and `dtls_sessions`) of the DTLS engine.
     pub struct DtlsCounters {
-        started => "dtls_handshakes_started", "DTLS handshakes begun by a ClientHello";
+        started => "dtls_handshakes_started", "DTLS handshakes begun (a ClientHello, or our dial)";
+        dials => "dtls_dials", "DTLS handshakes we began as the client";
         completed => "dtls_handshakes_completed", "DTLS handshakes completed";
-        failed => "dtls_handshakes_failed", "DTLS handshakes that failed (alert, bad message, peer closed, byte budget spent)";
+        failed => "dtls_handshakes_failed", "DTLS handshakes that failed (alert, bad message, peer closed, byte budget spent, certificate refused)";
         timed_out => "dtls_handshakes_timed_out", "DTLS handshakes abandoned at their deadline or when retransmissions ran out";
         restarted => "dtls_handshakes_restarted", "DTLS handshakes replaced by a new ClientHello from the same address";
         refused => "dtls_handshakes_refused", "ClientHellos dropped because the half-open handshake cap was reached";
+        refused_cert => "dtls_refused_certificate", "DTLS handshakes refused for the peer's certificate (not the node dialled, our own, or not on the allow list)";
+        simultaneous => "dtls_simultaneous_dials", "ClientHellos that met our own dial to the same address (resolved by node ID)";
+        closed => "dtls_sessions_closed", "established DTLS sessions that ended";
         drop_no_session => "dtls_drop_no_session", "DTLS datagrams dropped: no session for their address and not a ClientHello";
         drop_malformed => "dtls_drop_malformed", "DTLS datagrams dropped: records that do not frame or have an unknown content type";
         half_open => "dtls_half_open", "DTLS handshakes in progress now (a gauge)";
+        sessions => "dtls_sessions", "DTLS sessions established now (a gauge)";
     }
 }
 
@@ -122,12 +135,26 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A handshake that completed: who, and the node ID its certificate proves (None: the client
-/// sent no certificate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handshake {
-    pub remote: SocketAddr,
-    pub peer: Option<NodeId>,
+/// What the engine reports, in order.
+#[derive(Debug)]
+pub enum DtlsEvent {
+    /// A handshake completed; `peer` is the node ID the certificate proves, and `client` says
+    /// whether we dialled.
+    Up {
+        remote: SocketAddr,
+        peer: NodeId,
+        client: bool,
+    },
+    /// Application data (SCTP packets) from an established session.
+    Data { remote: SocketAddr, data: BytesMut },
+    /// An established session ended.
+    Closed { remote: SocketAddr, reason: String },
+    /// A handshake with `remote` failed or timed out (ours, or theirs).
+    Failed {
+        remote: SocketAddr,
+        client: bool,
+        reason: String,
+    },
 }
 
 /// What we keep per remote address besides the endpoint's connection.
@@ -137,6 +164,8 @@ struct HalfOpen {
     /// From the first ClientHello; a different one means a new client on this address.
     client_random: Option<[u8; 32]>,
     bytes: usize,
+    /// We are the client, dialling this node ID.
+    dialing: Option<NodeId>,
 }
 
 /// Why a handshake is abandoned.
@@ -147,41 +176,86 @@ enum Abandon {
     Restarted,
 }
 
-/// The DTLS server of the shared port. See the module documentation.
+/// Who may complete a handshake with us as the server (the acceptor's admission, applied to
+/// the ID the client's certificate proves).
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Empty: any node (the mesh check follows in the session layer).
+    pub allow: Vec<NodeId>,
+}
+
+/// The DTLS side of the shared port. See the module documentation.
 pub struct DtlsSessions {
     endpoint: Endpoint,
+    local_id: NodeId,
+    certificate: Certificate,
     half_open: HashMap<SocketAddr, HalfOpen>,
+    established: HashSet<SocketAddr>,
     config: DtlsConfig,
     counters: Arc<DtlsCounters>,
-    completed: VecDeque<Handshake>,
+    events: VecDeque<DtlsEvent>,
 }
 
 impl fmt::Debug for DtlsSessions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DtlsSessions")
             .field("half_open", &self.half_open.len())
+            .field("established", &self.established.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
+fn builder(certificate: Certificate) -> ConfigBuilder {
+    ConfigBuilder::default()
+        .with_crypto_provider(Arc::new(RingProvider::new()))
+        .with_certificates(vec![certificate])
+        // DESIGN.md §5: ECDHE-ECDSA with AES-GCM; rtc-dtls has the 128-bit one.
+        .with_cipher_suites(vec![CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256])
+        .with_extended_master_secret(ExtendedMasterSecretType::Require)
+        // The pin is the certificate's SHA-256 (the node ID), never a CA chain: the callbacks
+        // below check it, and skipping the chain also avoids the throwaway rcgen root the
+        // builder would otherwise make.
+        .with_insecure_skip_verify(true)
+}
+
 impl DtlsSessions {
-    /// A server presenting `certificate` (the node identity) on the port bound at `local`.
+    /// An engine presenting `certificate` (the node identity, whose ID is `local_id`) on the
+    /// port bound at `local`.
     pub fn new(
         certificate: Certificate,
         local: SocketAddr,
+        local_id: NodeId,
+        admission: Admission,
         config: DtlsConfig,
     ) -> Result<Self, DtlsError> {
-        let handshake = ConfigBuilder::default()
-            .with_crypto_provider(Arc::new(RingProvider::new()))
-            .with_certificates(vec![certificate])
-            // DESIGN.md §5: ECDHE-ECDSA with AES-GCM; rtc-dtls has the 128-bit one.
-            .with_cipher_suites(vec![CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256])
-            // Ask for the client's certificate, accept none for now: the pin is its SHA-256
-            // (the node ID), never a CA chain, and admission policy comes with sessions.
-            // RequestClientCert still checks a CertificateVerify when a certificate is sent.
-            .with_client_auth(ClientAuthType::RequestClientCert)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+        let counters = Arc::new(DtlsCounters::default());
+        let refused = Arc::clone(&counters);
+        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
+            let id = peer_id(certs)?;
+            let why = if id == local_id {
+                Some("it is this node's own certificate")
+            } else if !admission.allow.is_empty() && !admission.allow.contains(&id) {
+                Some("it is not on the [admission] allow list")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => {
+                    bump(&refused.refused_cert);
+                    tracing::warn!("DTLS: refused node {id}: {why}");
+                    Err(rtc_shared::error::Error::OtherDtlsErr(format!(
+                        "node {id} refused: {why}"
+                    )))
+                }
+                None => Ok(()),
+            }
+        });
+        let server = builder(certificate.clone())
+            // Mutual authentication: a client without a certificate has no node ID.
+            // RequireAnyClientCert checks its CertificateVerify; the ID is its SHA-256.
+            .with_client_auth(ClientAuthType::RequireAnyClientCert)
+            .with_verify_peer_certificate(Some(verify))
             // Browsers offer use_srtp even for data channels only; with no profiles configured
             // rtc-dtls answers such a ClientHello with a fatal alert. We never use SRTP keys.
             .with_srtp_protection_profiles(vec![
@@ -189,17 +263,21 @@ impl DtlsSessions {
                 SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
             ])
-            // Only the client side verifies a server chain; skipping it here also avoids the
-            // throwaway rcgen root the builder would otherwise make.
-            .with_insecure_skip_verify(true)
             .build(false, None)
             .map_err(|e| DtlsError::Config(e.to_string()))?;
+        // The client side must build too: fail at start, not at the first dial.
+        builder(certificate.clone())
+            .build(true, None)
+            .map_err(|e| DtlsError::Config(e.to_string()))?;
         Ok(Self {
-            endpoint: Endpoint::new(local, TransportProtocol::UDP, Some(Arc::new(handshake))),
+            endpoint: Endpoint::new(local, TransportProtocol::UDP, Some(Arc::new(server))),
+            local_id,
+            certificate,
             half_open: HashMap::new(),
+            established: HashSet::new(),
             config,
-            counters: Arc::new(DtlsCounters::default()),
-            completed: VecDeque::new(),
+            counters,
+            events: VecDeque::new(),
         })
     }
 
@@ -207,9 +285,9 @@ impl DtlsSessions {
         Arc::clone(&self.counters)
     }
 
-    /// The next completed handshake (the last [`COMPLETED_QUEUE`] are kept).
-    pub fn poll_completed(&mut self) -> Option<Handshake> {
-        self.completed.pop_front()
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<DtlsEvent> {
+        self.events.pop_front()
     }
 
     /// Handshakes in progress.
@@ -217,10 +295,111 @@ impl DtlsSessions {
         self.half_open.len()
     }
 
+    /// Whether a handshake with `remote` is in progress or a session is up.
+    pub fn is_active(&self, remote: SocketAddr) -> bool {
+        self.half_open.contains_key(&remote) || self.established.contains(&remote)
+    }
+
+    /// Dials `expect` at `remote`. The handshake fails unless `remote` proves `expect`.
+    /// False if a handshake or session with `remote` exists already, or the half-open cap is
+    /// reached (then a [`DtlsEvent::Failed`] says so).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        expect: NodeId,
+        out: &mut Vec<Transmit>,
+    ) -> bool {
+        if self.is_active(remote) {
+            return false;
+        }
+        let refused = Arc::clone(&self.counters);
+        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
+            let id = peer_id(certs)?;
+            if id == expect {
+                Ok(())
+            } else {
+                bump(&refused.refused_cert);
+                Err(rtc_shared::error::Error::OtherDtlsErr(format!(
+                    "the peer presented node {id}, not {expect} that we dialled"
+                )))
+            }
+        });
+        let config = match builder(self.certificate.clone())
+            .with_verify_peer_certificate(Some(verify))
+            .build(true, Some(remote))
+        {
+            Ok(config) => Arc::new(config),
+            Err(e) => {
+                self.push_event(DtlsEvent::Failed {
+                    remote,
+                    client: true,
+                    reason: e.to_string(),
+                });
+                return false;
+            }
+        };
+        if !self.begin(now, remote, Some(expect)) {
+            self.push_event(DtlsEvent::Failed {
+                remote,
+                client: true,
+                reason: "too many handshakes in progress".to_owned(),
+            });
+            return false;
+        }
+        bump(&self.counters.dials);
+        let result = self.endpoint.connect(now, remote, config, None);
+        self.drain(out);
+        if let Err(e) = result {
+            self.abandon(now, remote, Abandon::Failed, &e, out);
+            return false;
+        }
+        true
+    }
+
+    /// Sends application data (an SCTP packet) on the session with `remote`.
+    pub fn write(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> Result<(), String> {
+        if !self.established.contains(&remote) {
+            return Err(format!("no DTLS session with {remote}"));
+        }
+        let result = self.endpoint.write(now, remote, data);
+        self.drain(out);
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Ends the session or handshake with `remote`: a session gets a close_notify. No event.
+    pub fn close(&mut self, now: Instant, remote: SocketAddr, out: &mut Vec<Transmit>) {
+        if self.established.remove(&remote) {
+            self.drain(out);
+            let _ = self.endpoint.stop(now, remote);
+            self.drain(out);
+            bump(&self.counters.closed);
+            self.set_gauge();
+        } else if self.half_open.contains_key(&remote) {
+            self.abandon_quietly(now, remote, out);
+        }
+    }
+
+    fn push_event(&mut self, event: DtlsEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
     fn set_gauge(&self) {
         self.counters
             .half_open
             .store(self.half_open.len() as u64, Ordering::Relaxed);
+        self.counters
+            .sessions
+            .store(self.established.len() as u64, Ordering::Relaxed);
     }
 
     fn drain(&mut self, out: &mut Vec<Transmit>) {
@@ -232,11 +411,11 @@ impl DtlsSessions {
         }
     }
 
-    fn begin(&mut self, now: Instant, from: SocketAddr) -> bool {
+    fn begin(&mut self, now: Instant, from: SocketAddr, dialing: Option<NodeId>) -> bool {
         if self.half_open.len() >= self.config.max_half_open {
             bump(&self.counters.refused);
             tracing::debug!(
-                "DTLS: ClientHello from {from} refused: {} handshakes in progress",
+                "DTLS: handshake with {from} refused: {} handshakes in progress",
                 self.half_open.len()
             );
             return false;
@@ -247,11 +426,23 @@ impl DtlsSessions {
                 deadline: now + self.config.handshake_timeout,
                 client_random: None,
                 bytes: 0,
+                dialing,
             },
         );
         bump(&self.counters.started);
         self.set_gauge();
         true
+    }
+
+    /// Removes a handshake without a trace on the wire or in the events (a simultaneous dial
+    /// that yields, or the caller's own close).
+    fn abandon_quietly(&mut self, now: Instant, remote: SocketAddr, out: &mut Vec<Transmit>) {
+        self.drain(out);
+        let _ = self.endpoint.stop(now, remote);
+        while self.endpoint.poll_transmit().is_some() {}
+        if self.half_open.remove(&remote).is_some() {
+            self.set_gauge();
+        }
     }
 
     /// Ends `remote`'s handshake without completing it. Whatever rtc-dtls queued before (a
@@ -268,9 +459,9 @@ impl DtlsSessions {
         self.drain(out);
         let _ = self.endpoint.stop(now, remote);
         while self.endpoint.poll_transmit().is_some() {}
-        if self.half_open.remove(&remote).is_none() {
+        let Some(state) = self.half_open.remove(&remote) else {
             return;
-        }
+        };
         let counter = match why {
             Abandon::Failed => &self.counters.failed,
             Abandon::TimedOut => &self.counters.timed_out,
@@ -279,6 +470,28 @@ impl DtlsSessions {
         bump(counter);
         self.set_gauge();
         tracing::debug!("DTLS handshake with {remote} {why:?}: {detail}");
+        if !matches!(why, Abandon::Restarted) {
+            self.push_event(DtlsEvent::Failed {
+                remote,
+                client: state.dialing.is_some(),
+                reason: match why {
+                    Abandon::TimedOut => format!("DTLS handshake timed out ({detail})"),
+                    _ => format!("DTLS handshake failed: {detail}"),
+                },
+            });
+        }
+    }
+
+    /// An established session ended for `reason` (already told to the peer, or not tellable).
+    fn lost(&mut self, now: Instant, remote: SocketAddr, reason: String, out: &mut Vec<Transmit>) {
+        self.drain(out);
+        let _ = self.endpoint.stop(now, remote);
+        while self.endpoint.poll_transmit().is_some() {}
+        if self.established.remove(&remote) {
+            bump(&self.counters.closed);
+            self.set_gauge();
+            self.push_event(DtlsEvent::Closed { remote, reason });
+        }
     }
 
     fn complete(&mut self, now: Instant, remote: SocketAddr, out: &mut Vec<Transmit>) {
@@ -287,36 +500,28 @@ impl DtlsSessions {
             .get_connection_state(remote)
             .and_then(|state| state.peer_certificates.first())
             .map(|der| NodeId::of_certificate(der));
-        match peer {
-            Some(id) => {
-                tracing::info!(
-                    "DTLS handshake with {remote} complete, peer {}; closed: sessions come later",
-                    id.short()
-                );
-                tracing::debug!("DTLS peer {remote} is node {id}");
-            }
-            None => tracing::info!(
-                "DTLS handshake with {remote} complete, peer no certificate; closed: sessions \
-                 come later"
-            ),
-        }
-        // Flight 6 is already queued; close_notify follows it.
         self.drain(out);
-        let _ = self.endpoint.stop(now, remote);
-        self.drain(out);
-        if self.half_open.remove(&remote).is_some() {
-            bump(&self.counters.completed);
-            self.set_gauge();
-        }
-        if self.completed.len() >= COMPLETED_QUEUE {
-            self.completed.pop_front();
-        }
-        self.completed.push_back(Handshake { remote, peer });
+        let Some(peer) = peer else {
+            self.abandon(now, remote, Abandon::Failed, &"no peer certificate", out);
+            return;
+        };
+        let Some(state) = self.half_open.remove(&remote) else {
+            return;
+        };
+        let client = state.dialing.is_some();
+        self.established.insert(remote);
+        bump(&self.counters.completed);
+        self.set_gauge();
+        tracing::debug!("DTLS session with {remote} up, peer {peer}, we dialled: {client}");
+        self.push_event(DtlsEvent::Up {
+            remote,
+            peer,
+            client,
+        });
     }
-}
 
-impl Sessions for DtlsSessions {
-    fn datagram(
+    /// Feeds one datagram (first byte 20-63) from `from`.
+    pub fn datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
@@ -329,17 +534,38 @@ impl Sessions for DtlsSessions {
         }
         let hello = client_hello(datagram);
         let random = hello.and_then(|h| h.random);
-        if let (Some(state), Some(random)) = (self.half_open.get(&from), random)
-            && state.client_random.is_some_and(|r| r != random)
-        {
-            self.abandon(now, from, Abandon::Restarted, &"a new ClientHello", out);
+        if self.established.contains(&from) {
+            if random.is_none() {
+                self.read(now, from, datagram, out);
+                return;
+            }
+            // A fresh ClientHello where a session is up: the peer restarted on the same port.
+            self.lost(
+                now,
+                from,
+                "the peer started a new handshake (it restarted)".to_owned(),
+                out,
+            );
+        }
+        if let (Some(state), Some(random)) = (self.half_open.get(&from), random) {
+            if let Some(expect) = state.dialing {
+                // Both dial at once over one 4-tuple: the lower node ID keeps its dial.
+                bump(&self.counters.simultaneous);
+                if self.local_id < expect {
+                    return;
+                }
+                tracing::debug!("DTLS: {from} dials us while we dial it; answering theirs");
+                self.abandon_quietly(now, from, out);
+            } else if state.client_random.is_some_and(|r| r != random) {
+                self.abandon(now, from, Abandon::Restarted, &"a new ClientHello", out);
+            }
         }
         if !self.half_open.contains_key(&from) {
             if hello.is_none() {
                 bump(&self.counters.drop_no_session);
                 return;
             }
-            if !self.begin(now, from) {
+            if !self.begin(now, from, None) {
                 return;
             }
         }
@@ -347,7 +573,7 @@ impl Sessions for DtlsSessions {
         let Some(state) = self.half_open.get_mut(&from) else {
             return;
         };
-        if state.client_random.is_none() {
+        if state.client_random.is_none() && state.dialing.is_none() {
             state.client_random = random;
         }
         state.bytes = state.bytes.saturating_add(datagram.len());
@@ -356,28 +582,47 @@ impl Sessions for DtlsSessions {
             self.abandon(now, from, Abandon::Failed, &detail, out);
             return;
         }
+        self.read(now, from, datagram, out);
+    }
 
+    fn read(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], out: &mut Vec<Transmit>) {
         let result = self
             .endpoint
             .read(now, from, None, BytesMut::from(datagram));
         self.drain(out);
-        match result {
-            Ok(events) => {
-                for event in events {
-                    match event {
-                        EndpointEvent::HandshakeComplete => self.complete(now, from, out),
-                        EndpointEvent::PeerClosed => {
-                            self.abandon(now, from, Abandon::Failed, &"closed by the peer", out)
-                        }
-                        _ => {}
+        let events = match result {
+            Ok(events) => events,
+            Err(e) => {
+                if self.established.contains(&from) {
+                    self.lost(now, from, format!("DTLS error: {e}"), out);
+                } else {
+                    self.abandon(now, from, Abandon::Failed, &e, out);
+                }
+                return;
+            }
+        };
+        for event in events {
+            match event {
+                EndpointEvent::HandshakeComplete => self.complete(now, from, out),
+                EndpointEvent::ApplicationData(data) => {
+                    if self.established.contains(&from) {
+                        self.push_event(DtlsEvent::Data { remote: from, data });
                     }
                 }
+                EndpointEvent::PeerClosed => {
+                    if self.established.contains(&from) {
+                        self.lost(now, from, "closed by the peer".to_owned(), out);
+                    } else {
+                        self.abandon(now, from, Abandon::Failed, &"closed by the peer", out);
+                    }
+                }
+                _ => {}
             }
-            Err(e) => self.abandon(now, from, Abandon::Failed, &e, out),
         }
     }
 
-    fn poll_timeout(&mut self) -> Option<Instant> {
+    /// The next instant [`Self::timeout`] must be called, if any.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.half_open
             .iter()
             .flat_map(|(remote, h)| [Some(h.deadline), self.endpoint.poll_timeout(remote)])
@@ -385,7 +630,7 @@ impl Sessions for DtlsSessions {
             .min()
     }
 
-    fn timeout(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+    pub fn timeout(&mut self, now: Instant, out: &mut Vec<Transmit>) {
         let mut expired = Vec::new();
         let mut due = Vec::new();
         for (remote, h) in &self.half_open {
@@ -417,6 +662,14 @@ impl Sessions for DtlsSessions {
             }
         }
     }
+}
+
+/// The node ID of the first certificate a peer presented.
+fn peer_id(certs: &[Vec<u8>]) -> Result<NodeId, rtc_shared::error::Error> {
+    certs
+        .first()
+        .map(|der| NodeId::of_certificate(der))
+        .ok_or_else(|| rtc_shared::error::Error::OtherDtlsErr("no certificate".to_owned()))
 }
 
 /// Whether `datagram` is a sequence of whole DTLSPlaintext/DTLSCiphertext records with the four
@@ -487,7 +740,23 @@ mod tests {
     }
 
     fn server(config: DtlsConfig) -> DtlsSessions {
-        DtlsSessions::new(certificate(), SERVER, config).unwrap()
+        server_with(config, Admission::default())
+    }
+
+    fn server_with(config: DtlsConfig, admission: Admission) -> DtlsSessions {
+        let cert = certificate();
+        let id = NodeId::of_certificate(cert.certificate[0].as_ref());
+        DtlsSessions::new(cert, SERVER, id, admission, config).unwrap()
+    }
+
+    /// The next session that came up, skipping other events.
+    fn poll_up(s: &mut DtlsSessions) -> Option<(SocketAddr, NodeId)> {
+        while let Some(event) = s.poll_event() {
+            if let DtlsEvent::Up { remote, peer, .. } = event {
+                return Some((remote, peer));
+            }
+        }
+        None
     }
 
     fn client_config(cert: Option<Certificate>, srtp: bool) -> Arc<HandshakeConfig> {
@@ -627,30 +896,77 @@ mod tests {
         pair.connect(client_config(Some(client_cert), false));
         pair.drive();
         assert!(pair.client_complete, "the client did not complete");
-        assert!(pair.client_closed, "the client did not get close_notify");
+        assert!(!pair.client_closed, "the session must stay up");
         assert_eq!(
-            pair.server.poll_completed(),
-            Some(Handshake {
-                remote: pair.client_addr,
-                peer: Some(client_id)
-            })
+            poll_up(&mut pair.server),
+            Some((pair.client_addr, client_id))
         );
         assert_eq!(pair.server.half_open(), 0);
+        assert!(pair.server.is_active(pair.client_addr));
         assert_eq!(pair.server.poll_timeout(), None);
         let c = snapshot(&pair.server);
         assert_eq!(c["dtls_handshakes_started"], 1);
         assert_eq!(c["dtls_handshakes_completed"], 1);
         assert_eq!(c["dtls_handshakes_failed"], 0);
         assert_eq!(c["dtls_half_open"], 0);
+        assert_eq!(c["dtls_sessions"], 1);
     }
 
     #[test]
-    fn a_client_without_a_certificate_completes_with_no_peer_id() {
+    fn a_client_without_a_certificate_is_refused() {
         let mut pair = Pair::new(server(DtlsConfig::default()));
         pair.connect(client_config(None, false));
         pair.drive();
+        assert!(!pair.client_complete);
+        assert_eq!(poll_up(&mut pair.server), None);
+        assert_eq!(snapshot(&pair.server)["dtls_handshakes_failed"], 1);
+        assert!(!pair.server.is_active(pair.client_addr));
+    }
+
+    #[test]
+    fn a_client_not_on_the_allow_list_is_refused_and_one_on_it_admitted() {
+        let listed = certificate();
+        let listed_id = NodeId::of_certificate(listed.certificate[0].as_ref());
+        let admission = Admission {
+            allow: vec![listed_id],
+        };
+        let mut pair = Pair::new(server_with(DtlsConfig::default(), admission));
+        pair.connect(client_config(Some(certificate()), false));
+        pair.drive();
+        assert!(!pair.client_complete);
+        assert_eq!(poll_up(&mut pair.server), None);
+        assert_eq!(snapshot(&pair.server)["dtls_refused_certificate"], 1);
+
+        pair.connect(client_config(Some(listed), false));
+        pair.drive();
         assert!(pair.client_complete);
-        assert_eq!(pair.server.poll_completed().map(|h| h.peer), Some(None));
+        assert_eq!(
+            poll_up(&mut pair.server),
+            Some((pair.client_addr, listed_id))
+        );
+    }
+
+    #[test]
+    fn a_client_hello_on_an_established_session_is_a_restart() {
+        let mut pair = Pair::new(server(DtlsConfig::default()));
+        pair.connect(client_config(Some(certificate()), false));
+        pair.drive();
+        assert!(poll_up(&mut pair.server).is_some());
+        // Same address, new client: the old session ends and the new one comes up.
+        pair.connect(client_config(Some(certificate()), false));
+        pair.drive();
+        assert!(pair.client_complete);
+        let mut closed = false;
+        let mut up = false;
+        while let Some(event) = pair.server.poll_event() {
+            match event {
+                DtlsEvent::Closed { .. } => closed = true,
+                DtlsEvent::Up { .. } => up = true,
+                _ => {}
+            }
+        }
+        assert!(closed && up);
+        assert_eq!(snapshot(&pair.server)["dtls_sessions"], 1);
     }
 
     #[test]
@@ -794,7 +1110,7 @@ mod tests {
             pair.connect(client_config(Some(certificate()), false));
             pair.drive();
             assert!(pair.client_complete, "round {round} did not complete");
-            assert!(pair.server.poll_completed().is_some());
+            assert!(poll_up(&mut pair.server).is_some());
             assert_eq!(snapshot(&pair.server)["dtls_handshakes_completed"], round);
         }
         assert_eq!(pair.server.half_open(), 0);
@@ -803,12 +1119,12 @@ mod tests {
     #[test]
     fn a_new_client_hello_replaces_a_dead_handshake_on_the_same_address() {
         let mut pair = Pair::new(server(DtlsConfig::default()));
-        pair.connect(client_config(None, false));
+        pair.connect(client_config(Some(certificate()), false));
         pair.step();
         pair.step(); // the server now waits for flight 5 that never comes
         assert_eq!(pair.server.half_open(), 1);
         // The client restarts on the same port, long before the deadline.
-        pair.connect(client_config(None, false));
+        pair.connect(client_config(Some(certificate()), false));
         pair.drive();
         assert!(pair.client_complete);
         let c = snapshot(&pair.server);

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::signal::unix::{SignalKind, signal};
 use turn_gw::SharedPort;
 
@@ -14,6 +16,8 @@ use crate::cli::LogControl;
 use crate::config::{Config, LoadError, SYSTEM_CONFIG};
 use crate::identity::{Identity, IdentityError};
 use crate::sdnotify::{self, Notifier, NotifyError};
+use crate::session::transport::Transport;
+use crate::session::{Exposed, Mesh, MeshConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -32,6 +36,11 @@ pub enum RunError {
     Notify(#[from] NotifyError),
     #[error("{0}")]
     Dtls(#[from] crate::dtls::DtlsError),
+    #[error(
+        "cannot listen on {addr} for a [[forward]]: {source}{hint}",
+        hint = bind_hint(source)
+    )]
+    Forward { addr: SocketAddr, source: io::Error },
 }
 
 fn bind_hint(e: &io::Error) -> &'static str {
@@ -107,6 +116,13 @@ async fn serve(
         .collect::<Vec<_>>()
         .join(", ");
     let certificate = identity.dtls_certificate()?;
+    let mesh = Mesh::new(MeshConfig {
+        local_id: identity.id(),
+        mesh: config.mesh.clone(),
+        role: config.role,
+        exposed: Exposed::new(&config.services),
+        static_peers: config.discovery.peers.clone(),
+    });
     let mut counters = Vec::new();
     let mut dtls_counters = Vec::new();
     for port in &mut ports {
@@ -117,10 +133,15 @@ async fn serve(
         let dtls = crate::dtls::DtlsSessions::new(
             certificate.clone(),
             local,
+            identity.id(),
+            crate::dtls::Admission {
+                allow: config.admission.allow.clone(),
+            },
             crate::dtls::DtlsConfig::default(),
         )?;
         dtls_counters.push(dtls.counters());
-        port.set_sessions(Box::new(dtls));
+        let engine = mesh.add_engine(Transport::new(dtls, local), local);
+        port.set_sessions(Box::new(engine));
         counters.push(port.counters());
         let buffers = port.buffers();
         if buffers.recv < turn_gw::SOCKET_BUFFER {
@@ -145,6 +166,7 @@ async fn serve(
             config.turn.relay_ports
         );
     }
+    let session_counters = mesh.counters();
     let id = identity.id();
     tracing::info!(
         "started {role} {id} (short {short}), mesh ipv6 {ipv6}, udp {udp}, mesh {mesh:?}",
@@ -153,6 +175,33 @@ async fn serve(
         ipv6 = id.ipv6(),
         mesh = config.mesh,
     );
+
+    // TCP: the forwards' listeners (a busy port is an error, named) and the local API (a busy
+    // one is a warning: another meshgate on this host has it, and forwarding works without it).
+    let forwards = crate::forward::bind(&config.forwards)
+        .await
+        .map_err(|(addr, source)| RunError::Forward { addr, source })?;
+    let mut tcp_tasks = tokio::task::JoinSet::new();
+    for (forward, listener) in forwards {
+        tracing::info!(
+            "forward {} -> {} on peer {}",
+            forward.listen,
+            forward.target,
+            forward.peer
+        );
+        tcp_tasks.spawn(crate::forward::serve(forward, listener, Arc::clone(&mesh)));
+    }
+    match tokio::net::TcpListener::bind(config.api).await {
+        Ok(listener) => {
+            tracing::info!("local API on http://{}", config.api);
+            tcp_tasks.spawn(crate::api::serve(listener, Arc::clone(&mesh)));
+        }
+        Err(e) => tracing::warn!(
+            "local API: cannot listen on {}: {e}; `meshgate connect` will not reach this node \
+             (set `api` in the config)",
+            config.api
+        ),
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut tasks = tokio::task::JoinSet::new();
@@ -180,7 +229,7 @@ async fn serve(
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => supervision.reload(&mut config),
-            _ = sigusr1.recv() => log_counters(&counters, &dtls_counters),
+            _ = sigusr1.recv() => log_counters(&counters, &dtls_counters, &session_counters),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
             Some(ended) = tasks.join_next() => {
                 let (addr, err) = match ended {
@@ -209,7 +258,8 @@ async fn serve(
         Ok(result) => result?,
         Err(_) => tracing::warn!("shared port did not stop within {SHUTDOWN_GRACE:?}"),
     }
-    log_counters(&counters, &dtls_counters);
+    tcp_tasks.abort_all();
+    log_counters(&counters, &dtls_counters, &session_counters);
     tracing::info!("stopped");
     Ok(())
 }
@@ -217,13 +267,15 @@ async fn serve(
 /// SIGUSR1 and shutdown: every nonzero counter of the shared ports and DTLS, summed over the
 /// listen addresses, on one line.
 fn log_counters(
-    counters: &[std::sync::Arc<turn_gw::Counters>],
-    dtls: &[std::sync::Arc<crate::dtls::DtlsCounters>],
+    counters: &[Arc<turn_gw::Counters>],
+    dtls: &[Arc<crate::dtls::DtlsCounters>],
+    sessions: &crate::session::SessionCounters,
 ) {
     let snapshots = counters
         .iter()
         .map(|c| c.snapshot())
-        .chain(dtls.iter().map(|d| d.snapshot()));
+        .chain(dtls.iter().map(|d| d.snapshot()))
+        .chain([sessions.snapshot()]);
     let line: Vec<String> = sum_by_name(snapshots)
         .into_iter()
         .filter(|&(_, v)| v != 0)

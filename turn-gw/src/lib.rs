@@ -22,6 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use auth::Credentials;
@@ -58,6 +59,17 @@ pub trait Sessions: Send {
     /// The next instant [`Sessions::timeout`] must be called, if any.
     fn poll_timeout(&mut self) -> Option<Instant>;
     fn timeout(&mut self, now: Instant, out: &mut Vec<Transmit>);
+    /// Ready when the engine has work from outside the socket (an application wrote, a TCP
+    /// connection was accepted): the loop then calls [`Sessions::wake`]. The engine registers
+    /// `cx`'s waker with whatever it waits on, like any `poll` function.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Pending
+    }
+    /// Does the work [`Sessions::poll_wake`] announced.
+    fn wake(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        let _ = (now, out);
+    }
 }
 
 /// One bound shared port, its handlers and its counters.
@@ -141,8 +153,18 @@ impl SharedPort {
                     None => std::future::pending().await,
                 }
             };
+            let sessions = &mut self.sessions;
+            let app = std::future::poll_fn(|cx| match sessions {
+                Some(s) => s.poll_wake(cx),
+                None => Poll::Pending,
+            });
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                () = app => {
+                    if let Some(s) = &mut self.sessions {
+                        s.wake(Instant::now(), &mut out);
+                    }
+                }
                 ready = self.socket.readable() => {
                     ready?;
                     self.drain(&mut rx, &mut out, &mut srcs)?;
