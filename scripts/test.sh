@@ -64,3 +64,6 @@ say "fuzz: the shared port's parsing path, 30 s"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 (cd fuzz && cargo +nightly fuzz run shared_port -- -max_total_time=30 -print_final_stats=1 2>&1 | tail -n 3)
+
+say "fuzz: the frame codec (one SCTP message, and a byte stream in chunks), 20 s"
+(cd fuzz && cargo +nightly fuzz run frame -- -max_total_time=20 -print_final_stats=1 2>&1 | tail -n 3)
