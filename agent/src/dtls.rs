@@ -604,10 +604,8 @@ impl DtlsSessions {
         for event in events {
             match event {
                 EndpointEvent::HandshakeComplete => self.complete(now, from, out),
-                EndpointEvent::ApplicationData(data) => {
-                    if self.established.contains(&from) {
-                        self.push_event(DtlsEvent::Data { remote: from, data });
-                    }
+                EndpointEvent::ApplicationData(data) if self.established.contains(&from) => {
+                    self.push_event(DtlsEvent::Data { remote: from, data });
                 }
                 EndpointEvent::PeerClosed => {
                     if self.established.contains(&from) {

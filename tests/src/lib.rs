@@ -175,7 +175,25 @@ pub struct Node {
 impl Node {
     /// Starts `bin run` on `config` (TOML text) and waits for its start line.
     pub fn start(bin: &str, config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(bin, tempfile::tempdir().unwrap(), config)
+    }
+
+    /// Makes the identity of a node that will run in `dir` (`dir/state`) and returns its ID,
+    /// so that configs naming it can be written before it starts.
+    pub fn make_identity(bin: &str, dir: &Path) -> String {
+        let (status, out, err) = run_with_timeout(
+            Command::new(bin)
+                .args(["id", "--json", "--state-dir"])
+                .arg(dir.join("state")),
+            Duration::from_secs(20),
+        );
+        assert!(status.success(), "meshgate id failed: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Like [`Node::start`], in `dir` (which may already hold `state/identity`).
+    pub fn start_in(bin: &str, dir: tempfile::TempDir, config: &str) -> Self {
         let path = dir.path().join("meshgate.toml");
         fs::write(&path, config).unwrap();
         let mut proc = Proc::spawn_cmd(
@@ -201,6 +219,13 @@ impl Node {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// SIGKILLs the node and hands back its directory (config, state) for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.proc.signal(Signal::SIGKILL);
+        self.proc.wait_for_exit(Duration::from_secs(10));
+        self.dir
     }
 
     /// The UDP port the start line gives for `ip` as printed there (`127.0.0.1`, `[::1]`...).
@@ -232,6 +257,15 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A UDP port that was free a moment ago on 127.0.0.1 (for third-party tools that need one).

@@ -602,7 +602,7 @@ impl Engine {
                     },
                 }
             }
-            Cmd::Tcp { key, msg } => self.from_tcp(now, key, msg),
+            Cmd::Tcp { key, msg } => self.on_tcp(now, key, msg),
             Cmd::Drop { remote, reason } => self.close_session(now, remote, reason, out),
         }
     }
@@ -665,7 +665,7 @@ impl Engine {
             }
         }
         if pending_eof {
-            self.from_tcp(now, key, FromTcp::Eof);
+            self.on_tcp(now, key, FromTcp::Eof);
         }
     }
 
@@ -707,7 +707,7 @@ impl Engine {
         }
     }
 
-    fn from_tcp(&mut self, now: Instant, key: StreamKey, msg: FromTcp) {
+    fn on_tcp(&mut self, now: Instant, key: StreamKey, msg: FromTcp) {
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
@@ -762,18 +762,14 @@ impl Engine {
                     stream.peer.short(),
                     stream.target
                 );
-                if let Some(stream) = self.streams.remove(&key) {
-                    if let (Some(remote), Some(channel)) = (stream.remote, stream.channel) {
-                        let _ = self.send_frame(
-                            now,
-                            remote,
-                            channel,
-                            &Frame::open_err_truncated(&reason),
-                        );
-                        self.counters.streams.fetch_sub(1, Ordering::Relaxed);
-                        self.channels.remove(&(remote, channel));
-                        self.transport.close_channel(now, remote, channel);
-                    }
+                if let Some(stream) = self.streams.remove(&key)
+                    && let (Some(remote), Some(channel)) = (stream.remote, stream.channel)
+                {
+                    let _ =
+                        self.send_frame(now, remote, channel, &Frame::open_err_truncated(&reason));
+                    self.counters.streams.fetch_sub(1, Ordering::Relaxed);
+                    self.channels.remove(&(remote, channel));
+                    self.transport.close_channel(now, remote, channel);
                 }
             }
         }

@@ -418,11 +418,9 @@ impl Transport {
         };
         if let Some((handle, event)) = link.endpoint.handle(now, remote, None, data.freeze()) {
             match event {
-                DatagramEvent::NewAssociation(assoc) => {
-                    if link.assoc.is_none() {
-                        link.handle = Some(handle);
-                        link.assoc = Some(assoc);
-                    }
+                DatagramEvent::NewAssociation(assoc) if link.assoc.is_none() => {
+                    link.handle = Some(handle);
+                    link.assoc = Some(assoc);
                 }
                 DatagramEvent::AssociationEvent(event) => {
                     if let Some(assoc) = link.assoc.as_mut() {
@@ -453,15 +451,13 @@ impl Transport {
         let mut failed = None;
         while let Some(event) = assoc.poll() {
             match event {
-                Event::Connected => {
-                    if !link.connected {
-                        link.connected = true;
-                        self.events.push_back(TransportEvent::Up {
-                            remote,
-                            peer: link.peer,
-                            client: link.client,
-                        });
-                    }
+                Event::Connected if !link.connected => {
+                    link.connected = true;
+                    self.events.push_back(TransportEvent::Up {
+                        remote,
+                        peer: link.peer,
+                        client: link.client,
+                    });
                 }
                 Event::Stream(StreamEvent::Opened { .. }) => {
                     while assoc.accept_stream().is_some() {}
