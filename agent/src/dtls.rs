@@ -512,7 +512,12 @@ impl DtlsSessions {
         self.established.insert(remote);
         bump(&self.counters.completed);
         self.set_gauge();
-        tracing::debug!("DTLS session with {remote} up, peer {peer}, we dialled: {client}");
+        tracing::info!(
+            "DTLS with {remote} up, peer {} ({})",
+            peer.short(),
+            if client { "we dialled" } else { "it dialled" }
+        );
+        tracing::debug!("DTLS peer {remote} is node {peer}");
         self.push_event(DtlsEvent::Up {
             remote,
             peer,

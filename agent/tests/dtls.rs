@@ -66,6 +66,21 @@ fn s_client(gw: &Gateway, extra: &[&str]) -> String {
     out
 }
 
+/// `openssl s_client -dtls1_2` with `extra` arguments; panics if the handshake completed.
+fn s_client_refused(gw: &Gateway, extra: &[&str]) {
+    let connect = format!("127.0.0.1:{}", gw.port);
+    let (status, out, err) = run_with_timeout(
+        Command::new("openssl")
+            .args(["s_client", "-dtls1_2", "-connect", &connect])
+            .args(extra),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !status.success() || !out.contains("Protocol  : DTLSv1.2"),
+        "s_client {extra:?} completed a handshake that should be refused:\n{out}{err}"
+    );
+}
+
 /// The SHA-256 fingerprint of the first certificate in `pem_text` (s_client's output).
 fn fingerprint_of(pem_text: &str, dir: &Path) -> String {
     let file = dir.join("seen.pem");
@@ -168,8 +183,16 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
         std::thread::sleep(Duration::from_millis(200));
     };
 
-    // 1. Without a client certificate: completes, and shows the node's certificate.
-    let out = s_client(&gw, &[]);
+    // 1. Without a client certificate: refused (every session is mutually authenticated).
+    let failed_before = gw.counter("dtls_handshakes_failed");
+    s_client_refused(&gw, &[]);
+    assert!(gw.counter("dtls_handshakes_failed") > failed_before);
+
+    // 2. With a client certificate: completes, shows the node's certificate, and the log names
+    // the client's node ID.
+    let (cert, key) = openssl_client_cert(work.path());
+    let client_id = NodeId::from_fingerprint_hex(&openssl_fingerprint(Path::new(&cert))).unwrap();
+    let out = s_client(&gw, &["-cert", &cert, "-key", &key]);
     let seen = fingerprint_of(&out, work.path());
     assert_eq!(seen, openssl_fingerprint(&gw.cert()));
     let (status, id_json, err) = run_with_timeout(
@@ -180,16 +203,8 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
     );
     assert!(status.success(), "{err}");
     assert!(id_json.contains(&format!("sha-256 {seen}")), "{id_json}");
-    gw.node
-        .proc
-        .wait_for_stderr("complete, peer no certificate", Duration::from_secs(5));
-
-    // 2. With a client certificate: the log names the client's node ID.
-    let (cert, key) = openssl_client_cert(work.path());
-    let client_id = NodeId::from_fingerprint_hex(&openssl_fingerprint(Path::new(&cert))).unwrap();
-    s_client(&gw, &["-cert", &cert, "-key", &key]);
     gw.node.proc.wait_for_stderr(
-        &format!("complete, peer {}", client_id.short()),
+        &format!("up, peer {} (it dialled)", client_id.short()),
         Duration::from_secs(5),
     );
 
@@ -197,9 +212,9 @@ fn openssl_completes_dtls_handshakes_while_turn_relays() {
     let sport = free_udp_port();
     let bind = format!("127.0.0.1:{sport}");
     for _ in 0..2 {
-        s_client(&gw, &["-bind", &bind]);
+        s_client(&gw, &["-bind", &bind, "-cert", &cert, "-key", &key]);
     }
-    let from_sport = format!("DTLS handshake with 127.0.0.1:{sport} complete");
+    let from_sport = format!("DTLS with 127.0.0.1:{sport} up");
     let deadline = Instant::now() + Duration::from_secs(5);
     while gw.node.proc.stderr().matches(&from_sport).count() < 2 {
         assert!(Instant::now() < deadline, "{}", gw.node.proc.stderr());
@@ -281,8 +296,20 @@ fn a_client_that_vanishes_mid_handshake_does_not_block_its_address() {
 
     // Well inside the 10 s handshake timeout: the new ClientHello, not the timeout, clears the
     // dead handshake.
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_client_cert(work.path());
     let started = Instant::now();
-    s_client(&gw, &["-bind", &format!("127.0.0.1:{sport}")]);
+    s_client(
+        &gw,
+        &[
+            "-bind",
+            &format!("127.0.0.1:{sport}"),
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+        ],
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}: the dead handshake was in the way",
