@@ -8,7 +8,9 @@
 # last ack), the relay processes' CPU seconds (utime+stime of the process and of its children,
 # from /proc/PID/stat: ssh client and sshd, socat, meshgate node A and node B separately), their
 # peak RSS (VmHWM), and the connect latency: ROUNDS x (connect() + 1 byte + its echo), median and
-# p99. Prints one markdown table; record it in BENCHMARKS.md.
+# p99. "others' CPU s" is what processes outside this benchmark used meanwhile (all CPUs' busy
+# time less this script's process tree): well above 0, the row was disturbed. Prints one
+# markdown table; record it in BENCHMARKS.md.
 #
 #   bash bench/tunnel.sh                       # SIZE_MB=1024 (MiB, per row), STREAMS=10, ROUNDS=200
 #   SIZE_MB=256 LEGS="direct socat" bash bench/tunnel.sh
@@ -106,6 +108,19 @@ def hwm(p):
         pass
     return 0
 tck = os.sysconf("SC_CLK_TCK")
+if sys.argv[1:2] == ["--machine"]:
+    # "busy_s ours_s": all CPUs' user+nice+system+irq+softirq, and the CPU of ROOT's tree
+    # (itself, live descendants, and the reaped ones through cutime+cstime).
+    cpu = open("/proc/stat").readline().split()[1:]
+    busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6))
+    tree, todo = [], [int(sys.argv[2])]
+    while todo:
+        p = todo.pop()
+        if p in procs:
+            tree.append(p)
+            todo += kids.get(p, [])
+    print(f"{busy / tck:.2f} {sum(procs[p][1] for p in tree) / tck:.2f}")
+    sys.exit()
 for root in map(int, sys.argv[1:]):
     tree, todo = [], [root]
     while todo:
@@ -116,6 +131,8 @@ for root in map(int, sys.argv[1:]):
     print(f"{sum(procs[p][1] for p in tree) / tck:.2f} {max((hwm(p) for p in tree), default=0)}")
 PY
 procstat() { python3 "$work/procstat.py" "$@"; }
+# machine: "busy_s ours_s" now; the difference of two is what other processes used meanwhile.
+machine() { python3 "$work/procstat.py" --machine $$; }
 
 # listening PORT: whether something listens on 127.0.0.1:PORT (TCP), without connecting to it.
 listening() {
@@ -155,10 +172,11 @@ row() {
 
 # measure LEG SINK ECHO [label=pid ...]: latency, then 1 stream and STREAMS streams; adds rows.
 measure() {
-  local leg=$1 sink=$2 echo=$3 lat="—" k mib before after cells cpu rss total
+  local leg=$1 sink=$2 echo=$3 lat="—" k mib before after cells cpu rss total m0 others
   shift 3
   local labels=() rpids=() lp
   for lp in "$@"; do labels+=("${lp%%=*}"); rpids+=("${lp#*=}"); done
+  m0=$(machine) # the first row's "others" spans the latency rounds too
   if timeout $((RUN_TIMEOUT + 10)) "$TCPBENCH" latency --connect "$echo" --count "$ROUNDS" \
     --timeout 10 >"$work/lat.out" 2>&1; then
     lat=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
@@ -170,10 +188,12 @@ measure() {
     mib=$SIZE_MB
     ((k == 1)) || mib=$PAR_SIZE_MB
     before=$(procstat ${rpids[@]+"${rpids[@]}"})
+    ((k == 1)) || m0=$(machine)
     if timeout $((RUN_TIMEOUT + 10)) "$TCPBENCH" source --connect "$sink" --bytes $((mib << 20)) \
       --streams "$k" --timeout "$RUN_TIMEOUT" >"$work/src.out" 2>&1; then
       sleep 0.3 # let socat reap its last fork, so that its CPU is in cutime
       after=$(procstat ${rpids[@]+"${rpids[@]}"})
+      others=$(echo "$m0 $(machine)" | awk '{ d = ($3 - $1) - ($4 - $2); printf "%.2f", (d > 0 ? d : 0) }')
       cells=$(paste -d' ' <(echo "$before") <(echo "$after") | awk -v names="${labels[*]}" '
         BEGIN { n = split(names, name, " ") }
         NF == 4 { i++; c = $3 - $1; t += c
@@ -185,9 +205,9 @@ measure() {
       rss=${cells#*$'\t'}
       total=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
         END { printf "%s\t%.2f", v["mb_s"], v["elapsed_s"] }' "$work/src.out")
-      row "$leg" "$k" "$mib" "${total%%$'\t'*}" "${total#*$'\t'}" "$cpu" "$rss" "$lat"
+      row "$leg" "$k" "$mib" "${total%%$'\t'*}" "${total#*$'\t'}" "$cpu" "$rss" "$lat" "$others"
     else
-      row "$leg" "$k" "$mib" "failed: $(reason "$work/src.out")" "—" "—" "—" "$lat"
+      row "$leg" "$k" "$mib" "failed: $(reason "$work/src.out")" "—" "—" "—" "$lat" "—"
     fi
     lat="" # latency is per leg, shown on its first row
   done
@@ -231,12 +251,12 @@ AllowTcpForwarding local
 X11Forwarding no
 LogLevel ERROR
 EOF
-  /usr/sbin/sshd -t -f "$d/sshd_config" 2>"$d/sshd.log" || { row ssh "1, $STREAMS" "—" "failed: sshd -t: $(reason "$d/sshd.log")" "—" "—" "—" "—"; return; }
+  /usr/sbin/sshd -t -f "$d/sshd_config" 2>"$d/sshd.log" || { row ssh "1, $STREAMS" "—" "failed: sshd -t: $(reason "$d/sshd.log")" "—" "—" "—" "—" "—"; return; }
   /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
   sshd=$!
   pids+=("$sshd")
   if ! wait_listen "$port" 10 "$sshd"; then
-    row ssh "1, $STREAMS" "—" "failed: sshd: $(reason "$d/sshd.log")" "—" "—" "—" "—"
+    row ssh "1, $STREAMS" "—" "failed: sshd: $(reason "$d/sshd.log")" "—" "—" "—" "—" "—"
     stop "$sshd"; return
   fi
   local opts=(-F /dev/null -i "$d/client_key" -p "$port" -o StrictHostKeyChecking=no
@@ -250,7 +270,7 @@ EOF
   client=$!
   pids+=("$client")
   if ! wait_listen "$ls" 20 "$client" || ! wait_listen "$le" 5 "$client"; then
-    row ssh "1, $STREAMS" "—" "failed: ssh -L: $(reason "$d/ssh.log")" "—" "—" "—" "—"
+    row ssh "1, $STREAMS" "—" "failed: ssh -L: $(reason "$d/ssh.log")" "—" "—" "—" "—" "—"
   else
     measure "ssh -L" "127.0.0.1:$ls" "127.0.0.1:$le" ssh="$client" sshd="$sshd"
   fi
@@ -267,7 +287,7 @@ leg_socat() {
   pids+=("$s1" "$s2")
   notes+=("socat: $(socat -V | sed -n 's/^socat version \([^ ]*\).*/\1/p')")
   if ! wait_listen "$ls" 10 "$s1" || ! wait_listen "$le" 10 "$s2"; then
-    row socat "1, $STREAMS" "—" "failed: $(reason "$work/socat1.log")" "—" "—" "—" "—"
+    row socat "1, $STREAMS" "—" "failed: $(reason "$work/socat1.log")" "—" "—" "—" "—" "—"
   else
     # socat's CPU: the listener and its per-connection forks (the sink relay only).
     measure socat "127.0.0.1:$ls" "127.0.0.1:$le" socat="$s1"
@@ -276,7 +296,7 @@ leg_socat() {
 }
 
 # meshgate_fail REASON: one row for the whole leg.
-meshgate_fail() { row meshgate "1, $STREAMS" "—" "failed: $(echo "$1" | sed 's/|/\//g' | cut -c1-200)" "—" "—" "—" "—"; }
+meshgate_fail() { row meshgate "1, $STREAMS" "—" "failed: $(echo "$1" | sed 's/|/\//g' | cut -c1-200)" "—" "—" "—" "—" "—"; }
 
 leg_meshgate() {
   local d=$work/mesh end=$((SECONDS + MESH_BOUND)) ua ub apia apib fs fe ida idb a b n
@@ -373,8 +393,8 @@ done
 echo "# $(date -u +%FT%TZ) $(uname -m) $(nproc) vCPU $(uname -r); CPU busy before: $busy_start, after: $(busy); load average at end $(cut -d' ' -f1-3 /proc/loadavg)"
 ((${#notes[@]} == 0)) || printf '# %s\n' "${notes[@]}"
 echo
-echo "| leg | streams | MiB | MB/s | wall s | relay CPU s | relay peak RSS MiB | connect+echo µs median / p99 (×$ROUNDS) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| leg | streams | MiB | MB/s | wall s | relay CPU s | relay peak RSS MiB | connect+echo µs median / p99 (×$ROUNDS) | others' CPU s |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 if [ -s "$work/sink.err" ]; then
   echo
