@@ -512,14 +512,30 @@ fn an_accepted_node_whose_certificate_does_not_match_the_config_is_refused() {
         specs.pop().unwrap(),
         specs.pop().unwrap(),
     );
+    let node_a_id = a.id.clone();
+    let b_id = b.id.clone();
     let config_a = a.config("", &[(&b.id, b.addr())], "");
     let config_b = b.config("", &[(&c.id, a.addr())], "");
-    let _node_a = a.start(&config_a);
+    // B first: its dial to A is in flight (or backing off) when A's ClientHello comes.
     let mut node_b = b.start(&config_b);
-    node_b
+    std::thread::sleep(Duration::from_millis(300));
+    let mut node_a = a.start(&config_a);
+    let log = node_b
         .proc
-        .wait_for_stderr("[discovery] peers says", Duration::from_secs(20));
+        .wait_for_stderr("[discovery] peers says", Duration::from_secs(40));
+    assert!(
+        log.contains(&format!("it presented node {}", node_a_id)),
+        "{log}"
+    );
     assert!(node_b.counter("sessions_refused") >= 1);
+    // A completed its side before B refused: it sees the session end at once.
+    node_a.proc.wait_for_stderr(
+        &format!("session with {} at", &b_id[..8]),
+        Duration::from_secs(10),
+    );
+    node_a
+        .proc
+        .wait_for_stderr(" down: ", Duration::from_secs(10));
 }
 
 #[test]

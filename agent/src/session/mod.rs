@@ -1341,7 +1341,13 @@ impl Engine {
                 continue;
             };
             dial.next_at = None;
-            if has_session || self.transport.is_active(addr) {
+            if has_session {
+                // Its end reschedules the dial.
+                continue;
+            }
+            if self.transport.is_active(addr) {
+                // A handshake of theirs with us is under way: look again once it is settled.
+                dial.next_at = Some(now + BACKOFF_MIN);
                 continue;
             }
             dial.connecting = true;
