@@ -15,6 +15,8 @@ needs=(
   python3:python3
   turnutils_uclient:coturn
   stun:stun-client
+  sshd:openssh-server
+  ssh:openssh-client
 )
 missing=()
 for pair in "${needs[@]}"; do

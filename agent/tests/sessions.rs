@@ -620,3 +620,103 @@ fn a_peer_killed_mid_transfer_closes_the_streams_and_a_restart_recovers() {
     let (len, got) = results.recv_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((len, got), (8 << 20, sent));
 }
+
+/// A private sshd on 127.0.0.1 (temp host key, key auth only, as the invoking user); returns
+/// (the process, its port, the client key path, the work dir).
+fn private_sshd() -> (
+    meshgate_tests::Proc,
+    u16,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    meshgate_tests::require("sshd", "apt-get install openssh-server");
+    meshgate_tests::require("ssh", "apt-get install openssh-client");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (name, comment) in [("host_key", "test-host"), ("client_key", "test-client")] {
+        let (status, _, err) = run_with_timeout(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(d.join(name)),
+            Duration::from_secs(20),
+        );
+        assert!(status.success(), "ssh-keygen: {err}");
+    }
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    // sshd (as root) wants its privilege separation directory, which the Debian service makes.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_tcp_port();
+    let config = format!(
+        "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\n\
+         AuthenticationMethods publickey\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+         StrictModes no\nLogLevel ERROR\n",
+        d.join("host_key").display(),
+        d.join("authorized_keys").display()
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    let sshd = meshgate_tests::Proc::spawn_cmd(
+        Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not listen: {}",
+            sshd.stderr()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let key = d.join("client_key");
+    (sshd, port, key, dir)
+}
+
+#[test]
+fn ssh_runs_through_a_forward_and_through_meshgate_connect_as_proxy_command() {
+    let (_sshd, ssh_port, key, _keys) = private_sshd();
+    let (a, b) = (spec(), spec());
+    let f = free_tcp_port();
+    let config_a = a.config("", &[(&b.id, b.addr())], &forward(f, &b.id, "svc:ssh"));
+    let config_b = b.config("", &[], &service("ssh", ssh_port));
+    let (b_id, a_api) = (b.id.clone(), a.api);
+    let mut node_a = a.start(&config_a);
+    let _node_b = b.start(&config_b);
+    wait_session(&mut node_a, &b_id);
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let login = format!("{}@127.0.0.1", user.trim());
+    let ssh = |extra: &[String]| {
+        run_with_timeout(
+            Command::new("ssh")
+                .args(["-F", "/dev/null", "-i"])
+                .arg(&key)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .args(extra)
+                .args([login.as_str(), "echo", "through-the-mesh"]),
+            Duration::from_secs(60),
+        )
+    };
+    let (status, out, err) = ssh(&["-p".to_owned(), f.to_string()]);
+    assert!(status.success(), "ssh through the forward: {err}");
+    assert_eq!(out.trim(), "through-the-mesh");
+    let proxy = format!(
+        "ProxyCommand={BIN} connect --api 127.0.0.1:{a_api} {} svc:ssh",
+        &b_id[..8]
+    );
+    let (status, out, err) = ssh(&["-o".to_owned(), proxy]);
+    assert!(
+        status.success(),
+        "ssh with meshgate connect as ProxyCommand: {err}"
+    );
+    assert_eq!(out.trim(), "through-the-mesh");
+}
