@@ -15,6 +15,7 @@
 #   bash bench/tunnel.sh                       # SIZE_MB=1024 (MiB, per row), STREAMS=10, ROUNDS=200
 #   SIZE_MB=256 LEGS="direct socat" bash bench/tunnel.sh
 #
+# On a shared machine each row first waits up to QUIET_WAIT s (60) for the CPUs to be < 10 % busy.
 # A leg that does not work reports "failed: <reason>" in its row instead of stopping the run;
 # meshgate's nodes get MESH_BOUND seconds (60) to start and carry a first echo.
 set -euo pipefail
@@ -26,6 +27,7 @@ STREAMS=${STREAMS:-10}
 ROUNDS=${ROUNDS:-200}                # connect + 1-byte echo rounds
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}      # s, bound on each transfer
 MESH_BOUND=${MESH_BOUND:-60}         # s, bound on meshgate start + first echo
+QUIET_WAIT=${QUIET_WAIT:-60}         # s each row may wait for the machine to be < 10 % busy
 LEGS=${LEGS:-direct ssh socat meshgate}
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -109,10 +111,11 @@ def hwm(p):
     return 0
 tck = os.sysconf("SC_CLK_TCK")
 if sys.argv[1:2] == ["--machine"]:
-    # "busy_s ours_s": all CPUs' user+nice+system+irq+softirq, and the CPU of ROOT's tree
+    # "busy_s ours_s": all CPUs' user+nice+system (not irq/softirq: loopback's softirq work may be
+    # ours), and the CPU of ROOT's tree
     # (itself, live descendants, and the reaped ones through cutime+cstime).
     cpu = open("/proc/stat").readline().split()[1:]
-    busy = sum(int(cpu[i]) for i in (0, 1, 2, 5, 6))
+    busy = sum(int(cpu[i]) for i in (0, 1, 2))
     tree, todo = [], [int(sys.argv[2])]
     while todo:
         p = todo.pop()
@@ -163,6 +166,17 @@ busy() {
   echo "$a $b" | awk '{ u = $3 - $1; i = $4 - $2; printf "%.0f %%", (u + i) ? 100 * u / (u + i) : 0 }'
 }
 
+# quiet: wait (at most QUIET_WAIT s) until others leave the CPUs < 10 % busy for a second.
+quiet() {
+  local end=$((SECONDS + QUIET_WAIT)) b=""
+  ((QUIET_WAIT > 0)) || return 0
+  while ((SECONDS < end)); do
+    b=$(busy)
+    ((${b% *} < 10)) && return 0
+  done
+  echo "  machine still busy ($b) after ${QUIET_WAIT}s; measuring anyway" >&2
+}
+
 rows=()
 row() {
   local line="|" cell
@@ -176,6 +190,7 @@ measure() {
   shift 3
   local labels=() rpids=() lp
   for lp in "$@"; do labels+=("${lp%%=*}"); rpids+=("${lp#*=}"); done
+  quiet
   m0=$(machine) # the first row's "others" spans the latency rounds too
   if timeout $((RUN_TIMEOUT + 10)) "$TCPBENCH" latency --connect "$echo" --count "$ROUNDS" \
     --timeout 10 >"$work/lat.out" 2>&1; then
@@ -188,7 +203,7 @@ measure() {
     mib=$SIZE_MB
     ((k == 1)) || mib=$PAR_SIZE_MB
     before=$(procstat ${rpids[@]+"${rpids[@]}"})
-    ((k == 1)) || m0=$(machine)
+    ((k == 1)) || { quiet; m0=$(machine); }
     if timeout $((RUN_TIMEOUT + 10)) "$TCPBENCH" source --connect "$sink" --bytes $((mib << 20)) \
       --streams "$k" --timeout "$RUN_TIMEOUT" >"$work/src.out" 2>&1; then
       sleep 0.3 # let socat reap its last fork, so that its CPU is in cutime
