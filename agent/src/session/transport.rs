@@ -590,3 +590,212 @@ fn read_stream(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtls::{Admission, DtlsConfig};
+    use rtc_dtls::crypto::Certificate;
+    use rtc_dtls::crypto_provider::providers::RingCrypto;
+
+    fn node(port: u16) -> (Transport, NodeId, SocketAddr) {
+        let cert =
+            Certificate::generate_self_signed(vec!["meshgate".to_owned()], &RingCrypto).unwrap();
+        let id = NodeId::of_certificate(cert.certificate[0].as_ref());
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dtls =
+            DtlsSessions::new(cert, addr, id, Admission::default(), DtlsConfig::default()).unwrap();
+        (Transport::new(dtls, addr), id, addr)
+    }
+
+    /// Two transports joined in memory, with a virtual clock.
+    struct Pair {
+        a: Transport,
+        b: Transport,
+        a_addr: SocketAddr,
+        b_addr: SocketAddr,
+        now: Instant,
+        a_events: Vec<TransportEvent>,
+        b_events: Vec<TransportEvent>,
+    }
+
+    impl Pair {
+        fn new() -> (Self, NodeId, NodeId) {
+            let (a, a_id, a_addr) = node(1000);
+            let (b, b_id, b_addr) = node(2000);
+            let pair = Self {
+                a,
+                b,
+                a_addr,
+                b_addr,
+                now: Instant::now(),
+                a_events: Vec::new(),
+                b_events: Vec::new(),
+            };
+            (pair, a_id, b_id)
+        }
+
+        /// Moves datagrams both ways until quiet, firing due timers; bounded.
+        fn run(&mut self, out_a: Vec<Transmit>) {
+            let mut to_b = out_a;
+            let mut to_a: Vec<Transmit> = Vec::new();
+            for _ in 0..10_000 {
+                let mut next_a = Vec::new();
+                let mut next_b = Vec::new();
+                self.a.flush(self.now, &mut next_b);
+                self.b.flush(self.now, &mut next_a);
+                for t in to_b.drain(..) {
+                    assert_eq!(t.to, self.b_addr);
+                    self.b.datagram(self.now, self.a_addr, &t.data, &mut next_a);
+                }
+                for t in to_a.drain(..) {
+                    assert_eq!(t.to, self.a_addr);
+                    self.a.datagram(self.now, self.b_addr, &t.data, &mut next_b);
+                }
+                while let Some(e) = self.a.poll_event() {
+                    self.a_events.push(e);
+                }
+                while let Some(e) = self.b.poll_event() {
+                    self.b_events.push(e);
+                }
+                if next_a.is_empty() && next_b.is_empty() {
+                    return;
+                }
+                to_a = next_a;
+                to_b = next_b;
+            }
+            panic!("still moving after 10000 rounds");
+        }
+    }
+
+    #[test]
+    fn dial_open_channel_exchange_messages_close() {
+        let (mut p, a_id, b_id) = Pair::new();
+        let mut out = Vec::new();
+        assert!(p.a.dial(p.now, p.b_addr, b_id, &mut out));
+        p.run(out);
+        assert!(matches!(
+            p.a_events.as_slice(),
+            [TransportEvent::Up { peer, client: true, .. }] if *peer == b_id
+        ));
+        assert!(matches!(
+            p.b_events.as_slice(),
+            [TransportEvent::Up { peer, client: false, .. }] if *peer == a_id
+        ));
+        p.a_events.clear();
+        p.b_events.clear();
+        assert_eq!(p.a.channel_parity(p.b_addr), Some(0));
+        assert_eq!(p.b.channel_parity(p.a_addr), Some(1));
+
+        // A channel with DCEP, then whole messages both ways.
+        p.a.open_channel(p.now, p.b_addr, 2, "tcp", "meshgate/1")
+            .unwrap();
+        let big = Bytes::from(vec![9u8; 16_392]);
+        p.a.send(p.now, p.b_addr, 2, &Bytes::from_static(b"first"))
+            .unwrap();
+        p.a.send(p.now, p.b_addr, 2, &big).unwrap();
+        p.run(Vec::new());
+        match p.b_events.as_slice() {
+            [
+                TransportEvent::ChannelOpened {
+                    channel: 2,
+                    label,
+                    protocol,
+                    ..
+                },
+                TransportEvent::Message { data: first, .. },
+                TransportEvent::Message { data: second, .. },
+            ] => {
+                assert_eq!((label.as_str(), protocol.as_str()), ("tcp", "meshgate/1"));
+                assert_eq!(&first[..], b"first");
+                assert_eq!(second, &big);
+            }
+            other => panic!("{other:?}"),
+        }
+        p.b_events.clear();
+        p.b.send(p.now, p.a_addr, 2, &Bytes::from_static(b"reply"))
+            .unwrap();
+        p.run(Vec::new());
+        assert!(matches!(
+            p.a_events.as_slice(),
+            [TransportEvent::Message { channel: 2, data, .. }] if &data[..] == b"reply"
+        ));
+        p.a_events.clear();
+
+        // Closing the channel resets it at the peer; closing the session ends it there.
+        p.a.close_channel(p.now, p.b_addr, 2);
+        p.run(Vec::new());
+        assert!(
+            p.b_events
+                .iter()
+                .any(|e| matches!(e, TransportEvent::ChannelClosed { channel: 2, .. })),
+            "{:?}",
+            p.b_events
+        );
+        let mut out = Vec::new();
+        p.a.close(p.now, p.b_addr, &mut out);
+        p.run(out);
+        assert!(
+            p.b_events
+                .iter()
+                .any(|e| matches!(e, TransportEvent::Down { .. })),
+            "{:?}",
+            p.b_events
+        );
+        assert!(!p.a.is_active(p.b_addr));
+        assert!(!p.b.is_active(p.a_addr));
+    }
+
+    #[test]
+    fn a_dial_to_the_wrong_node_fails_on_both_sides() {
+        let (mut p, _, _) = Pair::new();
+        let (_, other, _) = node(3000);
+        let mut out = Vec::new();
+        assert!(p.a.dial(p.now, p.b_addr, other, &mut out));
+        p.run(out);
+        assert!(
+            matches!(
+                p.a_events.as_slice(),
+                [TransportEvent::Failed { client: true, reason, .. }] if reason.contains("that we dialled")
+            ),
+            "{:?}",
+            p.a_events
+        );
+        assert!(
+            !p.b_events
+                .iter()
+                .any(|e| matches!(e, TransportEvent::Up { .. })),
+            "{:?}",
+            p.b_events
+        );
+    }
+
+    #[test]
+    fn simultaneous_dials_make_one_session() {
+        let (mut p, a_id, b_id) = Pair::new();
+        let mut to_b = Vec::new();
+        let mut to_a = Vec::new();
+        assert!(p.a.dial(p.now, p.b_addr, b_id, &mut to_b));
+        assert!(p.b.dial(p.now, p.a_addr, a_id, &mut to_a));
+        // Cross the ClientHellos, then run.
+        for t in to_a {
+            p.a.datagram(p.now, p.b_addr, &t.data, &mut to_b);
+        }
+        p.run(to_b);
+        let ups = |events: &[TransportEvent]| {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    TransportEvent::Up { client, .. } => Some(*client),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (a_up, b_up) = (ups(&p.a_events), ups(&p.b_events));
+        assert_eq!(a_up.len(), 1, "{:?}", p.a_events);
+        assert_eq!(b_up.len(), 1, "{:?}", p.b_events);
+        // The lower ID dialled.
+        assert_eq!(a_up[0], a_id < b_id);
+        assert_eq!(b_up[0], b_id < a_id);
+    }
+}
