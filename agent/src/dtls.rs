@@ -406,7 +406,8 @@ impl DtlsSessions {
         while let Some(t) = self.endpoint.poll_transmit() {
             out.push(Transmit {
                 to: t.transport.peer_addr,
-                data: t.message.to_vec(),
+                // Takes the buffer over (no copy: rtc-dtls builds each datagram afresh).
+                data: Vec::from(t.message),
             });
         }
     }

@@ -59,6 +59,12 @@ pub trait Sessions: Send {
     /// The next instant [`Sessions::timeout`] must be called, if any.
     fn poll_timeout(&mut self) -> Option<Instant>;
     fn timeout(&mut self, now: Instant, out: &mut Vec<Transmit>);
+    /// Called after each batch of datagrams (one `recvmmsg`) was fed to
+    /// [`Sessions::datagram`]: the engine may defer per-datagram work (acknowledgements,
+    /// transmits) to here, so that a batch draws one answer instead of one per datagram.
+    fn flush(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        let _ = (now, out);
+    }
     /// Ready when the engine has work from outside the socket (an application wrote, a TCP
     /// connection was accepted): the loop then calls [`Sessions::wake`]. The engine registers
     /// `cx`'s waker with whatever it waits on, like any `poll` function.
@@ -80,6 +86,10 @@ pub struct SharedPort {
     counters: Arc<Counters>,
     turn: Option<TurnServer>,
     sessions: Option<Box<dyn Sessions>>,
+    /// UDP GRO is on: reads take [`udp::GRO_SLOT`]-byte buffers.
+    gro: bool,
+    /// Send runs of equal-sized datagrams with UDP GSO (off after the first EIO).
+    gso: bool,
 }
 
 impl std::fmt::Debug for SharedPort {
@@ -97,9 +107,13 @@ impl SharedPort {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let (socket, buffers) = socket::bind_udp(addr)?;
         udp::enable_pktinfo(&socket, addr.is_ipv6())?;
+        let gro = udp::enable_gro(&socket);
+        let gso = udp::gso_supported(&socket);
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         Ok(Self {
+            gro,
+            gso,
             socket: Arc::new(socket),
             local_addr,
             buffers,
@@ -137,7 +151,7 @@ impl SharedPort {
 
     /// Serves until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let mut rx = udp::RecvBatch::default();
+        let mut rx = udp::RecvBatch::new(if self.gro { udp::GRO_SLOT } else { udp::SLOT });
         // Transmits, and for each the local address it must leave from (the one its request
         // came to; `None` lets the kernel choose).
         let mut out = Vec::new();
@@ -181,7 +195,14 @@ impl SharedPort {
                 }
             }
             srcs.resize(out.len(), None);
-            flush(&self.socket, &self.counters, &mut out, &mut srcs).await;
+            flush(
+                &self.socket,
+                &self.counters,
+                &mut out,
+                &mut srcs,
+                &mut self.gso,
+            )
+            .await;
         }
     }
 
@@ -209,6 +230,10 @@ impl SharedPort {
                         }
                         self.on_datagram(now, wall, datagram, meta.from, meta.local, out);
                         srcs.resize(out.len(), meta.local);
+                    }
+                    if let Some(s) = &mut self.sessions {
+                        s.flush(now, out);
+                        srcs.resize(out.len(), None);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -317,21 +342,25 @@ async fn flush(
     counters: &Counters,
     out: &mut Vec<Transmit>,
     srcs: &mut Vec<Option<udp::Local>>,
+    gso: &mut bool,
 ) {
     let fd = socket.as_raw_fd();
     let mut done = 0;
     while done < out.len() {
+        let segments = if *gso { udp::MAX_SEGMENTS } else { 1 };
         let batch: Vec<udp::Outgoing<'_>> = out[done..]
             .iter()
             .zip(&srcs[done..])
-            .take(udp::BATCH)
+            .take(udp::BATCH * segments)
             .map(|(t, &from)| udp::Outgoing {
                 to: t.to,
                 from,
                 data: &t.data,
             })
             .collect();
-        match socket.try_io(tokio::io::Interest::WRITABLE, || udp::send(fd, &batch)) {
+        match socket.try_io(tokio::io::Interest::WRITABLE, || {
+            udp::send_segmented(fd, &batch, segments)
+        }) {
             Ok(sent) => {
                 for t in &batch[..sent.min(batch.len())] {
                     Counters::add(&counters.tx_datagrams, 1);
@@ -343,6 +372,12 @@ async fn flush(
                 if socket.writable().await.is_err() {
                     break;
                 }
+            }
+            // The device cannot segment (no checksum offload) or refuses the segment size:
+            // send one datagram per message from now on.
+            Err(e) if *gso && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                tracing::debug!("UDP GSO send failed ({e}): GSO off for this socket");
+                *gso = false;
             }
             Err(e) => {
                 // sendmmsg reports the first datagram's error (e.g. no route): skip that one.

@@ -8,8 +8,8 @@
 //! Writing: the engine puts what the peer sent into this stream's queue (an unbounded channel
 //! whose content the engine bounds: the peer may not send beyond the credit we granted, and we
 //! grant only what this task has written to TCP). After writing, the task grants the written
-//! bytes back, in steps of [`GRANT_STEP`] or whenever the queue runs dry. EOF shuts our write
-//! side down; RESET aborts the connection (RST).
+//! bytes back, in steps of [`GRANT_STEP`], or of [`GRANT_MIN`] when the queue runs dry. EOF
+//! shuts our write side down; RESET aborts the connection (RST).
 
 use std::sync::Arc;
 
@@ -30,9 +30,14 @@ pub fn next_key() -> StreamKey {
     NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Credit is granted back to the peer once this much has been written to TCP (or the queue
-/// is empty): a quarter of the initial window keeps CREDIT frames rare and the pipe full.
-pub const GRANT_STEP: u64 = frame::INITIAL_CREDIT as u64 / 4;
+/// Credit is granted back to the peer once this much has been written to TCP: a quarter of
+/// the stream's window keeps CREDIT frames rare and the pipe full.
+pub const GRANT_STEP: u64 = super::STREAM_WINDOW as u64 / 4;
+/// ... or once the queue runs dry with at least this much written. Not every time it runs
+/// dry: a fast TCP consumer empties it after every frame, and a CREDIT per 16 KiB frame cost
+/// both engines a wake-up each. No deadlock: the sender stops only with a whole window
+/// outstanding, and once that is written here it is more than GRANT_STEP.
+pub const GRANT_MIN: u64 = frame::INITIAL_CREDIT as u64 / 4;
 
 /// Send credit of one stream: the engine adds what CREDIT frames grant, the TCP reader takes.
 #[derive(Debug)]
@@ -190,7 +195,7 @@ impl TcpSide {
                                 return Err(reason);
                             }
                             written += data.len() as u64;
-                            if written >= GRANT_STEP || rx.is_empty() {
+                            if written >= GRANT_STEP || (rx.is_empty() && written >= GRANT_MIN) {
                                 let n = u32::try_from(written).unwrap_or(u32::MAX);
                                 engine.send(key, FromTcp::Credit(n));
                                 written -= u64::from(n);

@@ -155,7 +155,24 @@ impl Transport {
         started
     }
 
+    /// Feeds one datagram and runs the association it is for: its answers are in `out` and its
+    /// events ready on return.
     pub fn datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<Transmit>,
+    ) {
+        self.datagram_deferred(now, from, datagram, out);
+        self.flush(now, out);
+    }
+
+    /// Like [`Transport::datagram`], but SCTP's answers (SACKs, data its window now lets out)
+    /// and events wait for the next [`Transport::flush`]. The socket loop feeds a whole
+    /// `recvmmsg` batch this way and flushes once: one SACK per batch instead of one per second
+    /// packet (rtc-sctp acknowledges every other packet when polled after each).
+    pub fn datagram_deferred(
         &mut self,
         now: Instant,
         from: SocketAddr,
@@ -295,7 +312,7 @@ impl Transport {
         self.dtls_events(now, out);
     }
 
-    /// Sends what writes since the last flush queued.
+    /// Sends what writes and deferred datagrams since the last flush queued.
     pub fn flush(&mut self, now: Instant, out: &mut Vec<Transmit>) {
         let dirty = std::mem::take(&mut self.dirty);
         for remote in &dirty {
@@ -327,7 +344,7 @@ impl Transport {
                     peer,
                     client,
                 } => self.dtls_up(now, remote, peer, client, out),
-                DtlsEvent::Data { remote, data } => self.sctp_input(now, remote, data, out),
+                DtlsEvent::Data { remote, data } => self.sctp_input(now, remote, data),
                 DtlsEvent::Closed { remote, reason } => {
                     if let Some(link) = self.links.remove(&remote) {
                         self.events.push_back(if link.connected {
@@ -406,13 +423,8 @@ impl Transport {
         self.pump(now, remote, out);
     }
 
-    fn sctp_input(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        data: BytesMut,
-        out: &mut Vec<Transmit>,
-    ) {
+    /// Feeds one SCTP packet to `remote`'s association; the next [`Transport::flush`] runs it.
+    fn sctp_input(&mut self, now: Instant, remote: SocketAddr, data: BytesMut) {
         let Some(link) = self.links.get_mut(&remote) else {
             return;
         };
@@ -430,7 +442,7 @@ impl Transport {
                 _ => {}
             }
         }
-        self.pump(now, remote, out);
+        self.mark(remote);
     }
 
     /// Runs `remote`'s association: endpoint events, application events, transmits (through
@@ -542,13 +554,10 @@ fn read_stream(
             Ok(Some(chunks)) => chunks,
             Ok(None) | Err(_) => return,
         };
-        let len = chunks.len();
-        let mut buf = BytesMut::zeroed(len);
-        let n = match chunks.read(&mut buf) {
-            Ok(n) => n,
-            Err(_) => continue,
+        // One copy into an exactly-sized buffer (no zeroing first).
+        let Ok(buf) = chunks.to_payload(usize::MAX) else {
+            continue;
         };
-        buf.truncate(n);
         match chunks.ppi {
             PayloadProtocolIdentifier::Dcep => {
                 let mut body = buf.freeze();
