@@ -44,17 +44,22 @@ impl Gateway {
     }
 }
 
-/// `openssl s_client -dtls1_2` against the gateway with `extra` arguments; panics unless the
-/// handshake completed. Returns its stdout (which carries the server certificate in PEM).
-fn s_client(gw: &Gateway, extra: &[&str]) -> String {
+/// Runs `openssl s_client -dtls1_2` against the gateway with `extra` arguments (stdin empty).
+fn run_s_client(gw: &Gateway, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
     require("openssl", "apt-get install openssl");
     let connect = format!("127.0.0.1:{}", gw.port);
-    let (status, out, err) = run_with_timeout(
+    run_with_timeout(
         Command::new("openssl")
             .args(["s_client", "-dtls1_2", "-connect", &connect])
             .args(extra),
         Duration::from_secs(20),
-    );
+    )
+}
+
+/// `openssl s_client -dtls1_2` against the gateway with `extra` arguments; panics unless the
+/// handshake completed. Returns its stdout (which carries the server certificate in PEM).
+fn s_client(gw: &Gateway, extra: &[&str]) -> String {
+    let (status, out, err) = run_s_client(gw, extra);
     assert!(
         status.success() && out.contains("Protocol  : DTLSv1.2"),
         "s_client {extra:?} did not complete ({status}):\n{out}{err}"
@@ -68,13 +73,7 @@ fn s_client(gw: &Gateway, extra: &[&str]) -> String {
 
 /// `openssl s_client -dtls1_2` with `extra` arguments; panics if the handshake completed.
 fn s_client_refused(gw: &Gateway, extra: &[&str]) {
-    let connect = format!("127.0.0.1:{}", gw.port);
-    let (status, out, err) = run_with_timeout(
-        Command::new("openssl")
-            .args(["s_client", "-dtls1_2", "-connect", &connect])
-            .args(extra),
-        Duration::from_secs(20),
-    );
+    let (status, out, err) = run_s_client(gw, extra);
     assert!(
         !status.success() || !out.contains("Protocol  : DTLSv1.2"),
         "s_client {extra:?} completed a handshake that should be refused:\n{out}{err}"

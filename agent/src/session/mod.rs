@@ -510,6 +510,34 @@ struct Stream {
     deadline: Option<Instant>,
 }
 
+impl Stream {
+    /// A stream on `wire` (remote, channel), or waiting for one, with the protocol's initial
+    /// window granted.
+    fn new(
+        peer: NodeId,
+        target: String,
+        side: EngineSide,
+        state: StreamState,
+        wire: Option<(SocketAddr, u16)>,
+    ) -> Self {
+        Self {
+            peer,
+            target,
+            side,
+            state,
+            remote: wire.map(|w| w.0),
+            channel: wire.map(|w| w.1),
+            recv_allowed: u64::from(frame::INITIAL_CREDIT),
+            recv_total: 0,
+            eof_in: false,
+            eof_out: false,
+            pending: Vec::new(),
+            pending_eof: false,
+            deadline: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chan {
     /// The peer opened it; its OPEN frame is next.
@@ -574,22 +602,12 @@ impl Engine {
                 target,
                 side,
             } => {
+                let stream = Stream::new(peer, target, side, StreamState::Waiting, None);
                 self.streams.insert(
                     key,
                     Stream {
-                        peer,
-                        target,
-                        side,
-                        state: StreamState::Waiting,
-                        remote: None,
-                        channel: None,
-                        recv_allowed: u64::from(frame::INITIAL_CREDIT),
-                        recv_total: 0,
-                        eof_in: false,
-                        eof_out: false,
-                        pending: Vec::new(),
-                        pending_eof: false,
                         deadline: Some(now + OPEN_WAIT),
+                        ..stream
                     },
                 );
                 match self.usable_session(peer) {
@@ -1207,24 +1225,14 @@ impl Engine {
         let key = tcp::next_key();
         let engine: Arc<dyn EngineTx> = self.tx.clone();
         let (side, tcp_side) = tcp::stream_pair(key, engine);
-        self.streams.insert(
-            key,
-            Stream {
-                peer,
-                target: target.clone(),
-                side,
-                state: StreamState::Connecting,
-                remote: Some(remote),
-                channel: Some(channel),
-                recv_allowed: u64::from(frame::INITIAL_CREDIT),
-                recv_total: 0,
-                eof_in: false,
-                eof_out: false,
-                pending: Vec::new(),
-                pending_eof: false,
-                deadline: None,
-            },
+        let stream = Stream::new(
+            peer,
+            target.clone(),
+            side,
+            StreamState::Connecting,
+            Some((remote, channel)),
         );
+        self.streams.insert(key, stream);
         self.channels.insert((remote, channel), Chan::Stream(key));
         bump(&self.counters.streams_opened);
         self.counters.streams.fetch_add(1, Ordering::Relaxed);
