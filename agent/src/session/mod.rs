@@ -578,10 +578,13 @@ fn encode(frame: &Frame) -> Bytes {
 }
 
 impl Engine {
-    fn set_gauges(&self) {
-        // One engine per port: the gauges are exact for single-port nodes and summed by
-        // whoever reads several (each engine only touches its own share).
-        let _ = self;
+    /// Sends `last` (if any) on `channel`, then forgets the channel and resets its SCTP stream.
+    fn end_channel(&mut self, now: Instant, remote: SocketAddr, channel: u16, last: Option<Frame>) {
+        if let Some(frame) = last {
+            let _ = self.send_frame(now, remote, channel, &frame);
+        }
+        self.channels.remove(&(remote, channel));
+        self.transport.close_channel(now, remote, channel);
     }
 
     fn send_frame(
@@ -731,11 +734,7 @@ impl Engine {
         if stream.state != StreamState::Waiting {
             self.counters.streams.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(reason) = reset {
-            let _ = self.send_frame(now, remote, channel, &Frame::reset_truncated(reason));
-        }
-        self.channels.remove(&(remote, channel));
-        self.transport.close_channel(now, remote, channel);
+        self.end_channel(now, remote, channel, reset.map(Frame::reset_truncated));
     }
 
     fn maybe_finish(&mut self, now: Instant, key: StreamKey) {
@@ -808,11 +807,9 @@ impl Engine {
                 if let Some(stream) = self.streams.remove(&key)
                     && let (Some(remote), Some(channel)) = (stream.remote, stream.channel)
                 {
-                    let _ =
-                        self.send_frame(now, remote, channel, &Frame::open_err_truncated(&reason));
                     self.counters.streams.fetch_sub(1, Ordering::Relaxed);
-                    self.channels.remove(&(remote, channel));
-                    self.transport.close_channel(now, remote, channel);
+                    let err = Frame::open_err_truncated(&reason);
+                    self.end_channel(now, remote, channel, Some(err));
                 }
             }
         }
@@ -1181,10 +1178,8 @@ impl Engine {
                 match chan {
                     Chan::Stream(key) => self.fail_stream(now, key, reason),
                     Chan::AwaitOpen => {
-                        let _ =
-                            self.send_frame(now, remote, channel, &Frame::reset_truncated(&reason));
-                        self.channels.remove(&(remote, channel));
-                        self.transport.close_channel(now, remote, channel);
+                        let reset = Frame::reset_truncated(&reason);
+                        self.end_channel(now, remote, channel, Some(reset));
                     }
                 }
                 return;
@@ -1205,9 +1200,7 @@ impl Engine {
             other => {
                 bump(&self.counters.frame_errors);
                 let why = format!("expected OPEN first, got frame type {}", other.kind());
-                let _ = self.send_frame(now, remote, channel, &Frame::reset_truncated(&why));
-                self.channels.remove(&(remote, channel));
-                self.transport.close_channel(now, remote, channel);
+                self.end_channel(now, remote, channel, Some(Frame::reset_truncated(&why)));
                 return;
             }
         };
@@ -1216,9 +1209,7 @@ impl Engine {
             Err(why) => {
                 bump(&self.counters.streams_refused);
                 tracing::info!("stream from {} to {target:?} refused: {why}", peer.short());
-                let _ = self.send_frame(now, remote, channel, &Frame::open_err_truncated(&why));
-                self.channels.remove(&(remote, channel));
-                self.transport.close_channel(now, remote, channel);
+                self.end_channel(now, remote, channel, Some(Frame::open_err_truncated(&why)));
                 return;
             }
         };
@@ -1433,7 +1424,6 @@ impl Engine {
             }
         }
         self.transport.flush(now, out);
-        self.set_gauges();
     }
 }
 

@@ -279,18 +279,6 @@ impl Transport {
         Ok(())
     }
 
-    /// Bytes queued in SCTP for `remote` and not yet acknowledged, all channels.
-    pub fn buffered(&mut self, remote: SocketAddr) -> usize {
-        match self.assoc(remote) {
-            Ok(assoc) => assoc
-                .stream_ids()
-                .into_iter()
-                .filter_map(|id| assoc.stream(id).ok()?.buffered_amount().ok())
-                .sum(),
-            Err(_) => 0,
-        }
-    }
-
     /// Closes `channel` (resets its SCTP stream once queued data is out). No event.
     pub fn close_channel(&mut self, now: Instant, remote: SocketAddr, channel: u16) {
         if let Ok(assoc) = self.assoc(remote)
