@@ -22,6 +22,7 @@
 
 pub mod tcp;
 pub mod transport;
+pub mod views;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -175,6 +176,7 @@ struct Held {
     remote: SocketAddr,
     /// Who dialled: the tie-break between two sessions of one pair.
     dialer: NodeId,
+    since: Instant,
 }
 
 enum Claim {
@@ -372,6 +374,74 @@ impl Mesh {
             })
             .map_err(|_| "the node is shutting down".to_owned())?;
         Ok(tcp_side)
+    }
+
+    /// The peer table as the local API shows it.
+    pub fn peer_views(&self) -> Vec<views::PeerView> {
+        let inner = self.lock();
+        let now = Instant::now();
+        self.config
+            .static_peers
+            .iter()
+            .map(|p| {
+                let held = inner.sessions.get(&p.id);
+                views::PeerView {
+                    id: p.id.to_string(),
+                    short_id: p.id.short(),
+                    ipv6: p.id.ipv6().to_string(),
+                    role: None,
+                    addrs: vec![p.addr.to_string()],
+                    last_seen_s: held.map(|_| 0),
+                    session: if held.is_some() { "up" } else { "connecting" },
+                    source: vec!["static"],
+                    remote: held.map(|h| h.remote.to_string()),
+                    error: None,
+                }
+            })
+            .chain(
+                inner
+                    .sessions
+                    .iter()
+                    .filter(|(id, _)| !self.config.static_peers.iter().any(|p| p.id == **id))
+                    .map(|(id, held)| views::PeerView {
+                        id: id.to_string(),
+                        short_id: id.short(),
+                        ipv6: id.ipv6().to_string(),
+                        role: None,
+                        addrs: vec![held.remote.to_string()],
+                        last_seen_s: Some(0),
+                        session: "up",
+                        source: vec!["inbound"],
+                        remote: Some(held.remote.to_string()),
+                        error: None,
+                    }),
+            )
+            .collect()
+    }
+
+    /// The sessions up now, as the local API shows them.
+    pub fn session_views(&self) -> Vec<views::SessionView> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut out: Vec<views::SessionView> = inner
+            .sessions
+            .iter()
+            .map(|(id, held)| views::SessionView {
+                peer: id.to_string(),
+                short_id: id.short(),
+                role: None,
+                remote: held.remote.to_string(),
+                local: inner.engines[held.engine].local.to_string(),
+                initiator: if held.dialer == self.config.local_id {
+                    "us"
+                } else {
+                    "peer"
+                },
+                up_s: now.saturating_duration_since(held.since).as_secs(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
     }
 
     fn claim(&self, peer: NodeId, new: Held) -> Claim {
@@ -901,6 +971,7 @@ impl Engine {
             engine: self.idx,
             remote,
             dialer: if client { local } else { peer },
+            since: now,
         };
         match self.mesh.claim(peer, held) {
             Claim::Fresh => {}
