@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod dtls;
 pub mod forward;
 pub mod frame;

@@ -167,6 +167,7 @@ async fn serve(
         );
     }
     let session_counters = mesh.counters();
+    mesh.start();
     let id = identity.id();
     tracing::info!(
         "started {role} {id} (short {short}), mesh ipv6 {ipv6}, udp {udp}, mesh {mesh:?}",
@@ -203,6 +204,30 @@ async fn serve(
         ),
     }
 
+    // mDNS: without it (no multicast here, or a broken interface) static peers still work.
+    let discovery = if config.discovery.mdns {
+        let announce = crate::discovery::Announce {
+            id,
+            role: config.role,
+            mesh: config.mesh.clone(),
+            ports: locals.clone(),
+            interfaces: config.discovery.interfaces.clone(),
+        };
+        match crate::discovery::Discovery::start(&announce, Arc::clone(&mesh)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("{e}; discovery is off (static peers still work)");
+                None
+            }
+        }
+    } else {
+        tracing::info!("mDNS is off ([discovery] mdns = false)");
+        None
+    };
+    let discovery_counters = discovery
+        .as_ref()
+        .map(crate::discovery::Discovery::counters);
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut tasks = tokio::task::JoinSet::new();
     for port in ports {
@@ -229,7 +254,12 @@ async fn serve(
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => supervision.reload(&mut config),
-            _ = sigusr1.recv() => log_counters(&counters, &dtls_counters, &session_counters),
+            _ = sigusr1.recv() => log_counters(
+                &counters,
+                &dtls_counters,
+                &session_counters,
+                discovery_counters.as_deref(),
+            ),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
             Some(ended) = tasks.join_next() => {
                 let (addr, err) = match ended {
@@ -242,6 +272,10 @@ async fn serve(
         }
     }
     supervision.notify("STOPPING=1");
+    // Goodbye over mDNS first, then the sessions close as the ports stop.
+    if let Some(discovery) = discovery {
+        tokio::task::block_in_place(|| discovery.stop());
+    }
     let _ = stop_tx.send(());
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(ended) = tasks.join_next().await {
@@ -259,7 +293,12 @@ async fn serve(
         Err(_) => tracing::warn!("shared port did not stop within {SHUTDOWN_GRACE:?}"),
     }
     tcp_tasks.abort_all();
-    log_counters(&counters, &dtls_counters, &session_counters);
+    log_counters(
+        &counters,
+        &dtls_counters,
+        &session_counters,
+        discovery_counters.as_deref(),
+    );
     tracing::info!("stopped");
     Ok(())
 }
@@ -270,12 +309,14 @@ fn log_counters(
     counters: &[Arc<turn_gw::Counters>],
     dtls: &[Arc<crate::dtls::DtlsCounters>],
     sessions: &crate::session::SessionCounters,
+    discovery: Option<&crate::discovery::DiscoveryCounters>,
 ) {
     let snapshots = counters
         .iter()
         .map(|c| c.snapshot())
         .chain(dtls.iter().map(|d| d.snapshot()))
-        .chain([sessions.snapshot()]);
+        .chain([sessions.snapshot()])
+        .chain(discovery.map(|d| d.snapshot()));
     let line: Vec<String> = sum_by_name(snapshots)
         .into_iter()
         .filter(|&(_, v)| v != 0)

@@ -76,6 +76,12 @@ pub trait Sessions: Send {
     fn wake(&mut self, now: Instant, out: &mut Vec<Transmit>) {
         let _ = (now, out);
     }
+
+    /// The port is stopping: say goodbye to every peer (the transmits are sent before
+    /// [`SharedPort::run`] returns), so that they need not wait for a timeout to notice.
+    fn shutdown(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        let _ = (now, out);
+    }
 }
 
 /// One bound shared port, its handlers and its counters.
@@ -173,7 +179,15 @@ impl SharedPort {
                 None => Poll::Pending,
             });
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    if let Some(s) = &mut self.sessions {
+                        s.shutdown(Instant::now(), &mut out);
+                        srcs.resize(out.len(), None);
+                        flush(&self.socket, &self.counters, &mut out, &mut srcs, &mut self.gso)
+                            .await;
+                    }
+                    return Ok(());
+                }
                 () = app => {
                     if let Some(s) = &mut self.sessions {
                         s.wake(Instant::now(), &mut out);

@@ -20,6 +20,7 @@
 //!   DESIGN.md §6 with per-stream credit. A receiver that gets DATA beyond the credit it granted
 //!   resets the stream: memory per stream is bounded by [`frame::INITIAL_CREDIT`].
 
+pub mod peers;
 pub mod tcp;
 pub mod transport;
 pub mod views;
@@ -38,6 +39,7 @@ use turn_gw::{Sessions, Transmit};
 use crate::config::{HostPort, PeerRef, Role, StaticPeer};
 use crate::frame::{self, Frame};
 use crate::identity::NodeId;
+use peers::{HeldSession, Order, PeerTable};
 use tcp::{EngineSide, EngineTx, FromTcp, StreamKey, TcpSide, ToTcp};
 use transport::{Transport, TransportEvent};
 
@@ -158,16 +160,27 @@ fn hello(config: &MeshConfig) -> String {
     format!("{PROTOCOL} mesh={} role={role}", config.mesh)
 }
 
-/// The mesh name in a peer's hello, or why it is not one.
-fn parse_hello(text: &str) -> Result<String, String> {
+/// The mesh name and role (if it says a known one) in a peer's hello, or why it is not one.
+fn parse_hello(text: &str) -> Result<(String, Option<Role>), String> {
     let mut words = text.split(' ');
     if words.next() != Some(PROTOCOL) {
         return Err(format!("not a {PROTOCOL} hello: {text:?}"));
     }
-    words
-        .find_map(|w| w.strip_prefix("mesh="))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("hello without a mesh name: {text:?}"))
+    let mut mesh = None;
+    let mut role = None;
+    for word in words {
+        if let Some(m) = word.strip_prefix("mesh=") {
+            mesh = Some(m.to_owned());
+        } else if let Some(r) = word.strip_prefix("role=") {
+            role = match r {
+                "gateway" => Some(Role::Gateway),
+                "node" => Some(Role::Node),
+                _ => None,
+            };
+        }
+    }
+    let mesh = mesh.ok_or_else(|| format!("hello without a mesh name: {text:?}"))?;
+    Ok((mesh, role))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,10 +203,39 @@ struct EngineRef {
     tx: mpsc::UnboundedSender<Cmd>,
 }
 
-#[derive(Default)]
 struct Inner {
     engines: Vec<EngineRef>,
     sessions: HashMap<NodeId, Held>,
+    table: PeerTable,
+}
+
+impl Inner {
+    fn held(&self) -> HashMap<NodeId, HeldSession> {
+        self.sessions
+            .iter()
+            .map(|(id, h)| (*id, HeldSession { remote: h.remote }))
+            .collect()
+    }
+
+    /// Brings the engines' dials in line with the peer table.
+    fn reconcile(&mut self) {
+        let locals: Vec<SocketAddr> = self.engines.iter().map(|e| e.local).collect();
+        let held = self.held();
+        for order in self.table.reconcile(&locals, &held) {
+            let (engine, cmd) = match order {
+                Order::Want {
+                    engine,
+                    peer,
+                    addr,
+                    delay,
+                } => (engine, Cmd::Want { peer, addr, delay }),
+                Order::Unwant { engine, peer } => (engine, Cmd::Unwant { peer }),
+            };
+            if let Some(e) = self.engines.get(engine) {
+                let _ = e.tx.send(cmd);
+            }
+        }
+    }
 }
 
 /// Node-wide: the engines and which of them holds the session with which peer.
@@ -221,9 +263,14 @@ impl EngineTx for Tx {
 
 impl Mesh {
     pub fn new(config: MeshConfig) -> Arc<Self> {
+        let table = PeerTable::new(config.local_id, config.role, &config.static_peers);
         Arc::new(Self {
             config,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                engines: Vec::new(),
+                sessions: HashMap::new(),
+                table,
+            }),
             counters: Arc::new(SessionCounters::default()),
         })
     }
@@ -245,37 +292,8 @@ impl Mesh {
     /// The engine of the shared port bound at `local`, driving `transport`.
     pub fn add_engine(self: &Arc<Self>, transport: Transport, local: SocketAddr) -> Engine {
         let (tx, rx) = mpsc::unbounded_channel();
-        let now = Instant::now();
         let mut inner = self.lock();
         let idx = inner.engines.len();
-        // Each static peer is dialled from the first port of its address family.
-        let mut dials = HashMap::new();
-        for peer in &self.config.static_peers {
-            let taken = inner
-                .engines
-                .iter()
-                .any(|e| e.local.is_ipv4() == peer.addr.is_ipv4());
-            if taken || local.is_ipv4() != peer.addr.is_ipv4() {
-                continue;
-            }
-            if peer.id == self.config.local_id {
-                tracing::warn!(
-                    "[discovery] peers lists this node itself ({}): ignored",
-                    peer.addr
-                );
-                continue;
-            }
-            dials.insert(
-                peer.id,
-                Dial {
-                    addr: peer.addr,
-                    attempt: 0,
-                    next_at: Some(now),
-                    connecting: false,
-                    last_error: None,
-                },
-            );
-        }
         inner.engines.push(EngineRef {
             local,
             tx: tx.clone(),
@@ -289,7 +307,7 @@ impl Mesh {
             tx: Arc::new(Tx(tx)),
             inbox: Vec::new(),
             sessions: HashMap::new(),
-            dials,
+            dials: HashMap::new(),
             streams: HashMap::new(),
             channels: HashMap::new(),
             counters: Arc::clone(&self.counters),
@@ -302,11 +320,9 @@ impl Mesh {
             PeerRef::Id(id) => Ok(*id),
             PeerRef::Short(short) => {
                 let inner = self.lock();
-                let mut found: Vec<NodeId> = self
-                    .config
-                    .static_peers
-                    .iter()
-                    .map(|p| p.id)
+                let mut found: Vec<NodeId> = inner
+                    .table
+                    .ids()
                     .chain(inner.sessions.keys().copied())
                     .filter(|id| id.short() == *short)
                     .collect();
@@ -315,8 +331,8 @@ impl Mesh {
                 match found.as_slice() {
                     [id] => Ok(*id),
                     [] => Err(format!(
-                        "no known peer has the short ID {short} (neither in [discovery] peers \
-                         nor connected)"
+                        "no known peer has the short ID {short} (not announced, not in \
+                         [discovery] peers, not connected)"
                     )),
                     _ => Err(format!(
                         "the short ID {short} is ambiguous: give the full node ID"
@@ -332,33 +348,26 @@ impl Mesh {
         if peer == self.config.local_id {
             return Err("that is this node's own ID".to_owned());
         }
-        let inner = self.lock();
+        let mut inner = self.lock();
         let idx = match inner.sessions.get(&peer) {
             Some(held) => held.engine,
             None => {
-                let addr = self
-                    .config
-                    .static_peers
-                    .iter()
-                    .find(|p| p.id == peer)
-                    .map(|p| p.addr)
-                    .ok_or_else(|| {
-                        format!(
-                            "peer {} is unknown: no session with it and no address for it (add \
-                             it to [discovery] peers)",
+                if inner.table.dialling(peer).is_none() {
+                    if !inner.table.demand(peer) {
+                        return Err(format!(
+                            "peer {} is unknown: not announced over mDNS, not in [discovery] \
+                             peers, and no session with it",
                             peer.short()
-                        )
-                    })?;
-                inner
-                    .engines
-                    .iter()
-                    .position(|e| e.local.is_ipv4() == addr.is_ipv4())
-                    .ok_or_else(|| {
-                        format!(
-                            "peer {} is at {addr}, but no listen address of that family",
-                            peer.short()
-                        )
-                    })?
+                        ));
+                    }
+                    inner.reconcile();
+                }
+                inner.table.dialling(peer).ok_or_else(|| {
+                    format!(
+                        "peer {} has no address of a family this node listens on",
+                        peer.short()
+                    )
+                })?
             }
         };
         let engine = &inner.engines[idx];
@@ -376,47 +385,45 @@ impl Mesh {
         Ok(tcp_side)
     }
 
+    /// Starts dialling what the peer table wants (static peers, at first); call once every
+    /// port's engine was added.
+    pub fn start(&self) {
+        self.lock().reconcile();
+    }
+
+    /// An mDNS announcement of a peer of this mesh.
+    pub fn announced(&self, id: NodeId, role: Role, addrs: Vec<SocketAddr>) {
+        let mut inner = self.lock();
+        let shown = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if inner.table.announced(Instant::now(), id, role, addrs) {
+            tracing::info!("discovered {role} {} at {shown}", id.short());
+            tracing::debug!("discovered peer {id}");
+        }
+        inner.reconcile();
+    }
+
+    /// A peer's mDNS announcement was withdrawn (goodbye) or expired.
+    pub fn withdrawn(&self, id: NodeId) {
+        let mut inner = self.lock();
+        if inner.table.withdrawn(id) {
+            tracing::info!("peer {} is no longer announced", id.short());
+        }
+        inner.reconcile();
+    }
+
+    /// Announced peers whose session was lost: discovery asks whether they are still there.
+    pub fn take_suspects(&self) -> Vec<NodeId> {
+        self.lock().table.take_suspects()
+    }
+
     /// The peer table as the local API shows it.
     pub fn peer_views(&self) -> Vec<views::PeerView> {
         let inner = self.lock();
-        let now = Instant::now();
-        self.config
-            .static_peers
-            .iter()
-            .map(|p| {
-                let held = inner.sessions.get(&p.id);
-                views::PeerView {
-                    id: p.id.to_string(),
-                    short_id: p.id.short(),
-                    ipv6: p.id.ipv6().to_string(),
-                    role: None,
-                    addrs: vec![p.addr.to_string()],
-                    last_seen_s: held.map(|_| 0),
-                    session: if held.is_some() { "up" } else { "connecting" },
-                    source: vec!["static"],
-                    remote: held.map(|h| h.remote.to_string()),
-                    error: None,
-                }
-            })
-            .chain(
-                inner
-                    .sessions
-                    .iter()
-                    .filter(|(id, _)| !self.config.static_peers.iter().any(|p| p.id == **id))
-                    .map(|(id, held)| views::PeerView {
-                        id: id.to_string(),
-                        short_id: id.short(),
-                        ipv6: id.ipv6().to_string(),
-                        role: None,
-                        addrs: vec![held.remote.to_string()],
-                        last_seen_s: Some(0),
-                        session: "up",
-                        source: vec!["inbound"],
-                        remote: Some(held.remote.to_string()),
-                        error: None,
-                    }),
-            )
-            .collect()
+        inner.table.views(Instant::now(), &inner.held())
     }
 
     /// The sessions up now, as the local API shows them.
@@ -429,7 +436,7 @@ impl Mesh {
             .map(|(id, held)| views::SessionView {
                 peer: id.to_string(),
                 short_id: id.short(),
-                role: None,
+                role: inner.table.role(*id).map(peers::role_name),
                 remote: held.remote.to_string(),
                 local: inner.engines[held.engine].local.to_string(),
                 initiator: if held.dialer == self.config.local_id {
@@ -442,6 +449,23 @@ impl Mesh {
             .collect();
         out.sort_by(|a, b| a.peer.cmp(&b.peer));
         out
+    }
+
+    /// An engine's session with `peer` is up (and holds).
+    fn note_up(&self, peer: NodeId, inbound: bool) {
+        let mut inner = self.lock();
+        inner.table.session_up(Instant::now(), peer, inbound);
+        inner.reconcile();
+    }
+
+    fn note_role(&self, peer: NodeId, role: Role) {
+        self.lock().table.learned_role(peer, role);
+    }
+
+    fn note_dial_failed(&self, peer: NodeId, addr: SocketAddr, reason: &str) {
+        let mut inner = self.lock();
+        inner.table.dial_failed(peer, addr, reason);
+        inner.reconcile();
     }
 
     fn claim(&self, peer: NodeId, new: Held) -> Claim {
@@ -470,7 +494,9 @@ impl Mesh {
         }
     }
 
-    fn release(&self, peer: NodeId, engine: usize, remote: SocketAddr) {
+    /// The session with `peer` at `remote` on `engine` ended: if it was the one held, the
+    /// peer table learns it was lost.
+    fn release(&self, peer: NodeId, engine: usize, remote: SocketAddr, reason: &str) {
         let mut inner = self.lock();
         if inner
             .sessions
@@ -478,6 +504,8 @@ impl Mesh {
             .is_some_and(|h| h.engine == engine && h.remote == remote)
         {
             inner.sessions.remove(&peer);
+            inner.table.session_down(Instant::now(), peer, reason);
+            inner.reconcile();
         }
     }
 
@@ -513,6 +541,16 @@ enum Cmd {
     Drop {
         remote: SocketAddr,
         reason: String,
+    },
+    /// Keep a session with `peer`, dialling `addr` (the peer table's policy).
+    Want {
+        peer: NodeId,
+        addr: SocketAddr,
+        delay: Duration,
+    },
+    /// Stop dialling `peer`.
+    Unwant {
+        peer: NodeId,
     },
 }
 
@@ -702,6 +740,26 @@ impl Engine {
             }
             Cmd::Tcp { key, msg } => self.on_tcp(now, key, msg),
             Cmd::Drop { remote, reason } => self.close_session(now, remote, reason, out),
+            Cmd::Want { peer, addr, delay } => match self.dials.get_mut(&peer) {
+                // An attempt under way ends first; the next one uses the new address.
+                Some(dial) if !dial.connecting => dial.addr = addr,
+                Some(_) => {}
+                None => {
+                    self.dials.insert(
+                        peer,
+                        Dial {
+                            addr,
+                            attempt: 0,
+                            next_at: Some(now + delay),
+                            connecting: false,
+                            last_error: None,
+                        },
+                    );
+                }
+            },
+            Cmd::Unwant { peer } => {
+                self.dials.remove(&peer);
+            }
         }
     }
 
@@ -1002,6 +1060,7 @@ impl Engine {
         }
         bump(&self.counters.established);
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        self.mesh.note_up(peer, !client);
         tracing::info!(
             "session with {} at {remote} up ({})",
             peer.short(),
@@ -1057,7 +1116,7 @@ impl Engine {
             return;
         };
         let peer = session.peer;
-        self.mesh.release(peer, self.idx, remote);
+        self.mesh.release(peer, self.idx, remote, reason);
         bump(&self.counters.lost);
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
         tracing::info!("session with {} at {remote} down: {reason}", peer.short());
@@ -1102,6 +1161,7 @@ impl Engine {
         let first = dial.last_error.as_deref() != Some(reason);
         dial.last_error = Some(reason.to_owned());
         bump(&self.counters.dial_failures);
+        self.mesh.note_dial_failed(peer, remote, reason);
         if first {
             tracing::info!(
                 "cannot reach peer {} at {remote}: {reason} (retrying, next in {wait:?})",
@@ -1168,12 +1228,15 @@ impl Engine {
         };
         match frame {
             Frame::Open(text) => match parse_hello(&text) {
-                Ok(mesh) if mesh == self.mesh.config.mesh => {
+                Ok((mesh, role)) if mesh == self.mesh.config.mesh => {
                     session.peer_ok = true;
+                    if let Some(role) = role {
+                        self.mesh.note_role(peer, role);
+                    }
                     let _ = self.send_frame(now, remote, CTL, &Frame::OpenOk);
                     self.start_waiting(now, remote);
                 }
-                Ok(mesh) => {
+                Ok((mesh, _)) => {
                     let why = format!(
                         "node {} is in mesh {mesh:?}, this node in {:?}",
                         peer.short(),
@@ -1550,5 +1613,14 @@ impl Sessions for Engine {
             self.handle_cmd(now, cmd, out);
         }
         self.settle(now, out);
+    }
+
+    /// Closes every session (SCTP ABORT, DTLS close_notify): peers see us go at once.
+    fn shutdown(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        self.dials.clear();
+        let remotes: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        for remote in remotes {
+            self.close_session(now, remote, "this node is stopping".to_owned(), out);
+        }
     }
 }
