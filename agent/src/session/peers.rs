@@ -59,6 +59,8 @@ struct Peer {
     failures: u32,
     /// Which of [`Peer::addrs`] to dial next.
     cursor: usize,
+    /// A dial failed: the next reconcile moves on to the next address.
+    moved: bool,
     last_error: Option<String>,
     /// Somebody opened a stream to it: keep a session while it is known.
     demand: bool,
@@ -76,6 +78,7 @@ impl Peer {
             last_seen: None,
             failures: 0,
             cursor: 0,
+            moved: false,
             last_error: None,
             demand: false,
             dial: None,
@@ -217,6 +220,7 @@ impl PeerTable {
             peer.last_error = Some(format!("{addr}: {reason}"));
             if peer.dial.is_some_and(|(_, a)| a == addr) {
                 peer.cursor += 1;
+                peer.moved = true;
             }
         }
     }
@@ -295,10 +299,18 @@ impl PeerTable {
         let wanted = self.wanted(sessions);
         let mut orders = Vec::new();
         for (id, peer) in &mut self.peers {
-            let target = if wanted.binary_search(id).is_ok() {
-                pick(peer, engines)
-            } else {
+            // A peer keeps the address it is dialled at (a handshake may be under way, or
+            // its session up) while that address is still announced and nothing failed there.
+            let keep = peer
+                .dial
+                .filter(|(_, addr)| !peer.moved && peer.addrs().any(|a| a == *addr));
+            peer.moved = false;
+            let target = if wanted.binary_search(id).is_err() {
                 None
+            } else if keep.is_some() {
+                keep
+            } else {
+                pick(peer, engines)
             };
             if peer.dial == target {
                 continue;
@@ -546,6 +558,18 @@ mod tests {
         table.dial_failed(ids[1], v6, "timeout");
         let orders = table.reconcile(&engines(), &HashMap::new());
         assert_eq!(wants(&orders), [(ids[1], ll)]);
+
+        // More addresses announced later: the dial in progress keeps its address.
+        let mut table = PeerTable::new(ids[0], Role::Gateway, &[]);
+        table.announced(now, ids[1], Role::Gateway, vec![v6]);
+        let orders = table.reconcile(&engines(), &HashMap::new());
+        assert_eq!(wants(&orders), [(ids[1], v6)]);
+        table.announced(now, ids[1], Role::Gateway, vec![v4, v6]);
+        assert!(table.reconcile(&engines(), &HashMap::new()).is_empty());
+        // ... until it is withdrawn.
+        table.announced(now, ids[1], Role::Gateway, vec![v4]);
+        let orders = table.reconcile(&engines(), &HashMap::new());
+        assert_eq!(wants(&orders), [(ids[1], v4)]);
 
         // An IPv6-only node never dials IPv4 addresses.
         let mut table = PeerTable::new(ids[0], Role::Gateway, &[]);
