@@ -26,7 +26,7 @@ use portable_atomic::{AtomicU64, Ordering};
 
 use crate::config::Role;
 use crate::identity::NodeId;
-use crate::session::Mesh;
+use crate::session::{Announced, Mesh};
 
 pub const SERVICE_TYPE: &str = "_meshgate._udp.local.";
 /// The TXT `v` this node speaks.
@@ -45,6 +45,7 @@ turn_gw::counter_set! {
         withdrawals => "mdns_withdrawals", "peers whose announcement was withdrawn (goodbye) or expired";
         other_mesh => "mdns_other_mesh", "announcements of another mesh (ignored)";
         invalid => "mdns_invalid", "announcements ignored as malformed (instance name, id, version, role, no address)";
+        table_full => "mdns_table_full", "announcements of new peers dropped: the peer table is full";
         verifications => "mdns_verifications", "peers asked again over mDNS after their session was lost";
     }
 }
@@ -371,10 +372,10 @@ impl Worker {
                         &addrs,
                         txt,
                     ) {
-                        Ok(peer) => {
-                            bump(&self.counters.announcements);
-                            self.mesh.announced(peer.id, peer.role, peer.addrs);
-                        }
+                        Ok(peer) => match self.mesh.announced(peer.id, peer.role, peer.addrs) {
+                            Announced::Full => bump(&self.counters.table_full),
+                            _ => bump(&self.counters.announcements),
+                        },
                         Err(ignored) => self.ignore(ignored),
                     }
                 }

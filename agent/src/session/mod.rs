@@ -39,6 +39,7 @@ use turn_gw::{Sessions, Transmit};
 use crate::config::{HostPort, PeerRef, Role, StaticPeer};
 use crate::frame::{self, Frame};
 use crate::identity::NodeId;
+pub use peers::Announced;
 use peers::{HeldSession, Order, PeerTable};
 use tcp::{EngineSide, EngineTx, FromTcp, StreamKey, TcpSide, ToTcp};
 use transport::{Transport, TransportEvent};
@@ -392,18 +393,28 @@ impl Mesh {
     }
 
     /// An mDNS announcement of a peer of this mesh.
-    pub fn announced(&self, id: NodeId, role: Role, addrs: Vec<SocketAddr>) {
+    pub fn announced(&self, id: NodeId, role: Role, addrs: Vec<SocketAddr>) -> Announced {
         let mut inner = self.lock();
         let shown = addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        if inner.table.announced(Instant::now(), id, role, addrs) {
-            tracing::info!("discovered {role} {} at {shown}", id.short());
-            tracing::debug!("discovered peer {id}");
+        let result = inner.table.announced(Instant::now(), id, role, addrs);
+        match result {
+            Announced::New => {
+                tracing::info!("discovered {role} {} at {shown}", id.short());
+                tracing::debug!("discovered peer {id}");
+            }
+            Announced::Full => tracing::debug!(
+                "peer table full ({} peers): announcement of {} dropped",
+                peers::MAX_PEERS,
+                id.short()
+            ),
+            Announced::Known | Announced::Own => {}
         }
         inner.reconcile();
+        result
     }
 
     /// A peer's mDNS announcement was withdrawn (goodbye) or expired.

@@ -25,6 +25,25 @@ use crate::identity::NodeId;
 
 use super::views::PeerView;
 
+/// The most peers the table holds: announcements beyond it are dropped (a LAN host flooding
+/// fake announcements must not make this node dial without end, nor grow without bound).
+pub const MAX_PEERS: usize = 256;
+/// The most addresses kept per announced peer.
+pub const MAX_ADDRS: usize = 8;
+
+/// What an announcement did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// A peer not announced before.
+    New,
+    /// A refresh (or a change) of an announced peer.
+    Known,
+    /// This node's own announcement.
+    Own,
+    /// The table holds [`MAX_PEERS`] peers.
+    Full,
+}
+
 /// What the table wants an engine to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Order {
@@ -150,20 +169,23 @@ impl PeerTable {
         }
     }
 
-    /// An mDNS announcement of `id` (of this mesh): its role and addresses. True if the peer
-    /// was not announced before.
+    /// An mDNS announcement of `id` (of this mesh): its role and addresses.
     pub fn announced(
         &mut self,
         now: Instant,
         id: NodeId,
         role: Role,
         mut addrs: Vec<SocketAddr>,
-    ) -> bool {
+    ) -> Announced {
         if id == self.local {
-            return false;
+            return Announced::Own;
+        }
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&id) {
+            return Announced::Full;
         }
         addrs.sort_by_key(|a| (address_rank(a), *a));
         addrs.dedup();
+        addrs.truncate(MAX_ADDRS);
         let peer = self.peers.entry(id).or_insert_with(Peer::new);
         let fresh = peer.announced.is_empty();
         if peer.announced != addrs {
@@ -172,7 +194,11 @@ impl PeerTable {
         peer.announced = addrs;
         peer.role = Some(role);
         peer.last_seen = Some(now);
-        fresh
+        if fresh {
+            Announced::New
+        } else {
+            Announced::Known
+        }
     }
 
     /// `id` said goodbye over mDNS, or its records expired. True if it was announced.
@@ -636,6 +662,46 @@ mod tests {
         table.reconcile(&engines(), &HashMap::new());
         assert!(table.ids().any(|i| i == ids[1]));
         // Its own announcements are ignored.
-        assert!(!table.announced(now, ids[0], Role::Node, vec![addr("10.0.0.1:3478")]));
+        assert_eq!(
+            table.announced(now, ids[0], Role::Node, vec![addr("10.0.0.1:3478")]),
+            Announced::Own
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let now = Instant::now();
+        let mut table = PeerTable::new(id(0), Role::Gateway, &[]);
+        let many: Vec<SocketAddr> = (1..=20u16)
+            .map(|p| SocketAddr::from(([10, 0, 0, 1], p)))
+            .collect();
+        for n in 1..=255u8 {
+            assert_eq!(
+                table.announced(now, id(n), Role::Gateway, many.clone()),
+                Announced::New
+            );
+        }
+        assert_eq!(table.ids().count(), 255);
+        let two = |n: u8| NodeId::of_certificate(&[n, n]);
+        assert_eq!(
+            table.announced(now, two(1), Role::Gateway, many.clone()),
+            Announced::New
+        );
+        assert_eq!(
+            table.announced(now, two(2), Role::Gateway, many.clone()),
+            Announced::Full
+        );
+        // A known peer is still refreshed, and keeps at most MAX_ADDRS addresses.
+        assert_eq!(
+            table.announced(now, id(1), Role::Gateway, many),
+            Announced::Known
+        );
+        let views = table.views(now, &HashMap::new());
+        assert!(views.iter().all(|v| v.addrs.len() <= MAX_ADDRS));
+        // Gateways dial them all, but the orders are bounded by the table.
+        assert_eq!(
+            wants(&table.reconcile(&engines(), &HashMap::new())).len(),
+            256
+        );
     }
 }
