@@ -17,6 +17,7 @@ pub mod stun;
 pub mod turn;
 pub mod udp;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -96,6 +97,24 @@ pub struct SharedPort {
     gro: bool,
     /// Send runs of equal-sized datagrams with UDP GSO (off after the first EIO).
     gso: bool,
+    /// The local address each DTLS peer last wrote to: transmits the sessions make outside a
+    /// datagram's handling (timers, wake-ups, batch flushes) leave from it, so that a peer of a
+    /// multi-homed host bound to the unspecified address hears us from the address it talks to.
+    peer_locals: HashMap<SocketAddr, udp::Local>,
+}
+
+/// The most entries of [`SharedPort::peer_locals`]; when full it is cleared and learnt again.
+const PEER_LOCALS_MAX: usize = 4096;
+
+/// Extends `srcs` to `out`'s length with each new transmit's remembered local address.
+fn stamp(
+    peer_locals: &HashMap<SocketAddr, udp::Local>,
+    out: &[Transmit],
+    srcs: &mut Vec<Option<udp::Local>>,
+) {
+    let known = srcs.len().min(out.len());
+    srcs.truncate(known);
+    srcs.extend(out[known..].iter().map(|t| peer_locals.get(&t.to).copied()));
 }
 
 impl std::fmt::Debug for SharedPort {
@@ -120,6 +139,7 @@ impl SharedPort {
         Ok(Self {
             gro,
             gso,
+            peer_locals: HashMap::new(),
             socket: Arc::new(socket),
             local_addr,
             buffers,
@@ -182,7 +202,7 @@ impl SharedPort {
                 () = &mut shutdown => {
                     if let Some(s) = &mut self.sessions {
                         s.shutdown(Instant::now(), &mut out);
-                        srcs.resize(out.len(), None);
+                        stamp(&self.peer_locals, &out, &mut srcs);
                         flush(&self.socket, &self.counters, &mut out, &mut srcs, &mut self.gso)
                             .await;
                     }
@@ -208,7 +228,7 @@ impl SharedPort {
                     }
                 }
             }
-            srcs.resize(out.len(), None);
+            stamp(&self.peer_locals, &out, &mut srcs);
             flush(
                 &self.socket,
                 &self.counters,
@@ -247,7 +267,7 @@ impl SharedPort {
                     }
                     if let Some(s) = &mut self.sessions {
                         s.flush(now, out);
-                        srcs.resize(out.len(), None);
+                        stamp(&self.peer_locals, out, srcs);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -279,7 +299,17 @@ impl SharedPort {
                 None => Counters::add(&self.counters.drop_unhandled, 1),
             },
             Ok(Kind::Dtls) => match &mut self.sessions {
-                Some(s) => s.datagram(now, from, datagram, out),
+                Some(s) => {
+                    if let Some(local) = local
+                        && self.peer_locals.get(&from) != Some(&local)
+                    {
+                        if self.peer_locals.len() >= PEER_LOCALS_MAX {
+                            self.peer_locals.clear();
+                        }
+                        self.peer_locals.insert(from, local);
+                    }
+                    s.datagram(now, from, datagram, out);
+                }
                 None => Counters::add(&self.counters.drop_unhandled, 1),
             },
             Err(_) => {}
