@@ -17,6 +17,10 @@ needs=(
   stun:stun-client
   sshd:openssh-server
   ssh:openssh-client
+  nsenter:util-linux
+  avahi-daemon:avahi-daemon
+  avahi-browse:avahi-utils
+  dbus-daemon:dbus
 )
 missing=()
 for pair in "${needs[@]}"; do
@@ -30,6 +34,15 @@ if ((${#missing[@]})); then
   say "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # libnss-mdns (avahi-daemon's recommendation) edits /etc/nsswitch.conf: never keep it.
+  if dpkg -s libnss-mdns >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq libnss-mdns
+  fi
+  # The tests run avahi-daemon in namespaces of their own; the one the package starts would
+  # announce this machine on its real interfaces.
+  if [[ " ${missing[*]} " == *" avahi-daemon "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now avahi-daemon.socket avahi-daemon.service || true
+  fi
 fi
 python3 -m venv --help >/dev/null 2>&1 || {
   [ "$(id -u)" -eq 0 ] || { echo "scripts/test.sh: needs python3-venv: apt-get install python3-venv" >&2; exit 1; }

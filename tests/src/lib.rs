@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub mod netns;
+
 /// Fails the test (never skips it) when `program` is missing, naming what to install.
 pub fn require(program: &str, install: &str) {
     let found = std::env::var_os("PATH")
@@ -194,15 +196,23 @@ impl Node {
 
     /// Like [`Node::start`], in `dir` (which may already hold `state/identity`).
     pub fn start_in(bin: &str, dir: tempfile::TempDir, config: &str) -> Self {
+        Self::start_with(Command::new(bin), dir, config)
+    }
+
+    /// Like [`Node::start_in`], with `meshgate` run by `cmd`: the binary itself, or a wrapper
+    /// that execs it (`ip netns exec NS BIN`, see [`netns::Lan::start_node`]). The `run`
+    /// arguments are appended; `RUST_LOG` is `info` unless `cmd` sets it.
+    pub fn start_with(mut cmd: Command, dir: tempfile::TempDir, config: &str) -> Self {
         let path = dir.path().join("meshgate.toml");
         fs::write(&path, config).unwrap();
+        if !cmd.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         let mut proc = Proc::spawn_cmd(
-            Command::new(bin)
-                .args(["run", "--config"])
+            cmd.args(["run", "--config"])
                 .arg(&path)
                 .arg("--state-dir")
-                .arg(dir.path().join("state"))
-                .env("RUST_LOG", "info"),
+                .arg(dir.path().join("state")),
         );
         let err = proc.wait_for_stderr("started", Duration::from_secs(20));
         let start_line = err
@@ -226,6 +236,29 @@ impl Node {
         self.proc.signal(Signal::SIGKILL);
         self.proc.wait_for_exit(Duration::from_secs(10));
         self.dir
+    }
+
+    /// SIGTERMs the node (a graceful stop), waits at most `limit` for it to exit and hands back
+    /// its directory (config, state) for a restart, with the exit status (None: still running
+    /// at the deadline, and then SIGKILLed) and its log.
+    pub fn terminate(mut self, limit: Duration) -> (tempfile::TempDir, Option<ExitStatus>, String) {
+        self.proc.signal(Signal::SIGTERM);
+        let status = self.proc.wait_for_exit(limit);
+        if status.is_none() {
+            self.proc.signal(Signal::SIGKILL);
+            self.proc.wait_for_exit(Duration::from_secs(10));
+        }
+        let log = self.proc.stderr();
+        (self.dir, status, log)
+    }
+
+    /// The node ID from the start line (`started node <id> ...`).
+    pub fn id(&self) -> &str {
+        self.start_line
+            .split("started node ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no node ID in {:?}", self.start_line))
     }
 
     /// The UDP port the start line gives for `ip` as printed there (`127.0.0.1`, `[::1]`...).
@@ -255,6 +288,26 @@ impl Node {
             }
             assert!(Instant::now() < deadline, "no counters line:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Calls `check` every `every` until it returns `Ok` or `limit` has passed; then panics with
+/// `what` and the last `Err`. The one way the tests wait for something to happen.
+pub fn poll_until<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: not within {limit:?}; last: {e}")
+            }
+            Err(_) => std::thread::sleep(every),
         }
     }
 }
