@@ -148,6 +148,12 @@ impl TcpSide {
 
     /// Moves bytes both ways until both directions are done or the stream is reset.
     pub async fn pump(self, tcp: TcpStream) -> End {
+        self.pump_with(tcp, Bytes::new()).await
+    }
+
+    /// Like [`TcpSide::pump`], but first sends `prefix` into the stream, as if read from `tcp`
+    /// (the local API's proxy: a rewritten request head and the body bytes read with it).
+    pub async fn pump_with(self, tcp: TcpStream, mut prefix: Bytes) -> End {
         let _ = tcp.set_nodelay(true);
         let TcpSide {
             key,
@@ -158,6 +164,15 @@ impl TcpSide {
         let (mut rd, mut wr) = tcp.into_split();
         let end = {
             let reader = async {
+                while !prefix.is_empty() {
+                    let n = credit.acquire(MAX_PAYLOAD as u64).await;
+                    let n = usize::try_from(n).unwrap_or(MAX_PAYLOAD).min(prefix.len());
+                    let mut buf = BytesMut::zeroed(HEADER_LEN);
+                    buf.extend_from_slice(&prefix.split_to(n));
+                    frame::put_data_header(&mut buf, 0, n);
+                    credit.take(n as u64);
+                    engine.send(key, FromTcp::Data(buf.freeze()));
+                }
                 loop {
                     let n = credit.acquire(MAX_PAYLOAD as u64).await;
                     // n <= MAX_PAYLOAD.
