@@ -56,6 +56,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Show the running node's sessions (through its local API).
+    Sessions {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Pipe stdin/stdout through a stream to TARGET on PEER (usable as ssh ProxyCommand).
     Connect {
         /// Node ID or 8-character short ID.
@@ -145,7 +152,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             print_id(&identity, json);
             Ok(())
         }
-        Command::Status { api, .. } | Command::Peers { api, .. } => no_api(&api),
+        Command::Status { api, json } => show(&api, "/status", json, print_status),
+        Command::Peers { api, json } => show(&api, "/peers", json, print_peers),
+        Command::Sessions { api, json } => show(&api, "/sessions", json, print_sessions),
         Command::Connect { peer, target, api } => {
             peer.parse::<PeerRef>()
                 .map_err(|e| Failure::Usage(format!("connect: peer {e}")))?;
@@ -200,29 +209,235 @@ fn print_id(identity: &Identity, json: bool) {
     }
 }
 
-/// The local API is not served yet (it comes with discovery); say so rather than pretend.
-fn no_api(args: &ApiArgs) -> Result<(), Failure> {
-    let addr = match args.api {
-        Some(a) => a,
-        None => load_config(args.config.as_deref())?.0.api,
+/// The running node's local API: `--api`, else `api` in the config (`--config`, the system
+/// config, the embedded default).
+fn api_addr(args: &ApiArgs) -> Result<SocketAddr, Failure> {
+    if let Some(a) = args.api {
+        return Ok(a);
+    }
+    let (config, source) = load_config(args.config.as_deref())?;
+    config.api.ok_or_else(|| {
+        Failure::Usage(format!(
+            "the local API is off in {source} (api = \"off\"): turn it on, or give --api ADDR"
+        ))
+    })
+}
+
+fn no_node(addr: SocketAddr, e: &std::io::Error) -> Failure {
+    Failure::Runtime(format!(
+        "no running node: nothing answers on the local API at {addr} ({e}); start one with \
+         `meshgate run`, or give the address its `api` has (--api ADDR or --config FILE)"
+    ))
+}
+
+/// How long the CLI waits for an answer from the local API.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an answer the CLI reads.
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// `GET path` from the local API: the body of a 200, else the error the API gave.
+fn api_get(addr: SocketAddr, path: &str) -> Result<String, Failure> {
+    use std::io::{Read, Write};
+    let mut tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| no_node(addr, &e))?;
+    let io = |e: std::io::Error| Failure::Runtime(format!("local API at {addr}: {e}"));
+    tcp.set_read_timeout(Some(API_TIMEOUT)).map_err(io)?;
+    tcp.set_write_timeout(Some(API_TIMEOUT)).map_err(io)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).map_err(io)?;
+    let mut answer = Vec::new();
+    tcp.take(MAX_ANSWER).read_to_end(&mut answer).map_err(io)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        return Err(Failure::Runtime(format!(
+            "local API at {addr}: no HTTP answer (is `api` the address of a meshgate?)"
+        )));
     };
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        Err(e) => Err(Failure::Runtime(format!(
-            "no running node: nothing answers on the local API at {addr} ({e}); start one with \
-             `meshgate run`"
-        ))),
-        Ok(_) => Err(Failure::Runtime(format!(
-            "something listens on {addr}, but this build of meshgate has no local API client \
-             yet, so it cannot ask it"
-        ))),
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(Failure::Runtime(format!(
+            "local API at {addr}: {status}: {}",
+            body.trim()
+        )));
+    }
+    Ok(body.to_owned())
+}
+
+/// `meshgate status|peers|sessions`: the API's JSON as it is, or as text for people.
+fn show(
+    args: &ApiArgs,
+    path: &str,
+    json: bool,
+    print: fn(&serde_json::Value) -> String,
+) -> Result<(), Failure> {
+    let addr = api_addr(args)?;
+    let body = api_get(addr, path)?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        Failure::Runtime(format!("local API at {addr}: GET {path} is not JSON: {e}"))
+    })?;
+    print!("{}", print(&value));
+    Ok(())
+}
+
+/// A JSON value as a table cell: strings bare, lists joined, null as "-".
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.is_empty() => "-".to_owned(),
+        serde_json::Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
     }
 }
 
-fn api_addr(args: &ApiArgs) -> Result<SocketAddr, Failure> {
-    match args.api {
-        Some(a) => Ok(a),
-        None => Ok(load_config(args.config.as_deref())?.0.api),
+/// Seconds as people read them: 45s, 3m12s, 5h03m, 2d04h.
+fn duration(v: &serde_json::Value) -> String {
+    let Some(s) = v.as_u64() else {
+        return cell(v);
+    };
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn print_status(v: &serde_json::Value) -> String {
+    let Some(map) = v.as_object() else {
+        return format!("{v}\n");
+    };
+    // The API's order (a JSON object as parsed here is sorted), then any keys it adds later.
+    const ORDER: &[&str] = &[
+        "id",
+        "short_id",
+        "ipv6",
+        "fingerprint",
+        "role",
+        "mesh",
+        "listen",
+        "api",
+        "version",
+        "uptime_s",
+        "services",
+        "peers",
+        "sessions",
+        "forwards",
+    ];
+    let keys = ORDER
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .chain(
+            map.keys()
+                .map(String::as_str)
+                .filter(|k| !ORDER.contains(k)),
+        );
+    let width = map.keys().map(String::len).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for key in keys {
+        let value = &map[key];
+        let text = if key == "uptime_s" {
+            format!("{} ({})", cell(value), duration(value))
+        } else {
+            cell(value)
+        };
+        out.push_str(&format!("{:<width$} {text}\n", format!("{key}:")));
+    }
+    out
+}
+
+fn print_peers(v: &serde_json::Value) -> String {
+    let peers = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    if peers.is_empty() {
+        return "no peers\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                cell(&p["short_id"]),
+                cell(&p["role"]),
+                cell(&p["session"]),
+                match p["last_seen_s"].as_u64() {
+                    None => "never".to_owned(),
+                    Some(0) => "now".to_owned(),
+                    Some(_) => format!("{} ago", duration(&p["last_seen_s"])),
+                },
+                cell(&p["addrs"]),
+                cell(&p["source"]),
+                cell(&p["ipv6"]),
+                cell(&p["error"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SHORT ID",
+            "ROLE",
+            "SESSION",
+            "LAST SEEN",
+            "ADDRS",
+            "SOURCE",
+            "IPV6",
+            "ERROR",
+        ],
+        &rows,
+    )
+}
+
+fn print_sessions(v: &serde_json::Value) -> String {
+    let sessions = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    if sessions.is_empty() {
+        return "no sessions\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                cell(&s["short_id"]),
+                cell(&s["role"]),
+                cell(&s["remote"]),
+                cell(&s["local"]),
+                cell(&s["initiator"]),
+                duration(&s["up_s"]),
+            ]
+        })
+        .collect();
+    table(
+        &["SHORT ID", "ROLE", "REMOTE", "LOCAL", "DIALLED BY", "UP"],
+        &rows,
+    )
 }
 
 /// `meshgate connect`: asks the running node (local API) for a stream, then pipes stdin to it
@@ -230,12 +445,8 @@ fn api_addr(args: &ApiArgs) -> Result<SocketAddr, Failure> {
 fn connect(args: &ApiArgs, peer: &str, target: &str) -> Result<(), Failure> {
     use std::io::{BufRead, BufReader, Read, Write};
     let addr = api_addr(args)?;
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
-        Failure::Runtime(format!(
-            "no running node: nothing answers on the local API at {addr} ({e}); start one with \
-             `meshgate run`"
-        ))
-    })?;
+    let mut tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| no_node(addr, &e))?;
     let _ = tcp.set_nodelay(true);
     let request = format!(
         "POST /v1/connect?peer={}&target={} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\

@@ -47,7 +47,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// `listen` was not given: the dual-stack default, where a host without IPv6 serves IPv4 only.
     pub listen_default: bool,
-    pub api: SocketAddr,
+    /// The local API's address; `None` when off (`api = "off"`).
+    pub api: Option<SocketAddr>,
+    /// Let `api` be a non-loopback address (the API has no authentication).
+    pub api_allow_remote: bool,
     /// HTTP signaling; `None` when off (the default for nodes).
     pub signal: Option<SocketAddr>,
     /// A tracing filter directive such as `info` or `meshgate=debug,turn=warn`.
@@ -291,6 +294,7 @@ struct RawConfig {
     role: Option<String>,
     listen: Option<Listen>,
     api: Option<String>,
+    api_allow_remote: Option<bool>,
     signal: Option<String>,
     log: Option<String>,
     clock_skew: Option<u64>,
@@ -490,13 +494,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             addrs
         }
     };
-    let api = parse_addr("api", raw.api.as_deref().unwrap_or("127.0.0.1:42000"))?;
-    if !api.ip().is_loopback() {
+    let api_allow_remote = raw.api_allow_remote.unwrap_or(false);
+    let api = match raw.api.as_deref() {
+        Some("" | "off") => None,
+        value => Some(parse_addr("api", value.unwrap_or("127.0.0.1:42000"))?),
+    };
+    if let Some(api) = api.filter(|a| !a.ip().is_loopback() && !api_allow_remote) {
         return Err(ConfigError::new(
             "api",
             format!(
-                "{api} is not a loopback address: the local API has no authentication, so it \
-                 listens on 127.0.0.0/8 or ::1 only"
+                "{api} is not a loopback address; the local API has no authentication: set \
+                 api_allow_remote = true to bind it anyway"
             ),
         ));
     }
@@ -584,6 +592,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         listen,
         listen_default,
         api,
+        api_allow_remote,
         signal,
         log,
         clock_skew_s: raw.clock_skew.unwrap_or(300),
@@ -722,7 +731,11 @@ mod tests {
         let both = Config::parse("listen = [\"127.0.0.1:1\", \"[::1]:1\"]").unwrap();
         assert_eq!(both.listen.len(), 2);
         assert!(!both.listen_default);
-        assert_eq!(empty.api, "127.0.0.1:42000".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            empty.api,
+            Some("127.0.0.1:42000".parse::<SocketAddr>().unwrap())
+        );
+        assert!(!empty.api_allow_remote);
         assert_eq!(empty.signal, None);
         assert!(!empty.turn.enabled);
         assert!(empty.discovery.mdns);
@@ -877,6 +890,23 @@ target = "[::1]:80"
             assert_eq!(err.key, *key, "{text}: {err}");
             assert!(!err.message.is_empty());
         }
+    }
+
+    #[test]
+    fn the_api_is_loopback_unless_forced_and_can_be_off() {
+        let err = Config::parse("api = \"0.0.0.0:42000\"").unwrap_err();
+        assert_eq!(err.key, "api");
+        assert!(err.message.contains("api_allow_remote = true"), "{err}");
+        assert!(Config::parse("api = \"[::]:42000\"").is_err());
+        let c = Config::parse("api = \"0.0.0.0:42000\"\napi_allow_remote = true").unwrap();
+        assert_eq!(c.api, Some("0.0.0.0:42000".parse::<SocketAddr>().unwrap()));
+        let c = Config::parse("api = \"[::1]:42000\"").unwrap();
+        assert_eq!(c.api, Some("[::1]:42000".parse::<SocketAddr>().unwrap()));
+        assert_eq!(Config::parse("api = \"off\"").unwrap().api, None);
+        assert_eq!(
+            Config::parse("api_allow_remote = 1").unwrap_err().key,
+            "api_allow_remote"
+        );
     }
 
     #[test]

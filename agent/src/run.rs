@@ -92,6 +92,7 @@ async fn serve(
     identity: Identity,
     supervision: Supervision,
 ) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
     // Handlers first: a signal that arrives while we bind must not kill us half-started.
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
@@ -183,6 +184,7 @@ async fn serve(
         .await
         .map_err(|(addr, source)| RunError::Forward { addr, source })?;
     let mut tcp_tasks = tokio::task::JoinSet::new();
+    let mut forward_stats = Vec::new();
     for (forward, listener) in forwards {
         tracing::info!(
             "forward {} -> {} on peer {}",
@@ -190,18 +192,56 @@ async fn serve(
             forward.target,
             forward.peer
         );
-        tcp_tasks.spawn(crate::forward::serve(forward, listener, Arc::clone(&mesh)));
+        let stats = Arc::new(crate::forward::ForwardStats::default());
+        forward_stats.push((forward.clone(), Arc::clone(&stats)));
+        tcp_tasks.spawn(crate::forward::serve(
+            forward,
+            listener,
+            Arc::clone(&mesh),
+            stats,
+        ));
     }
-    match tokio::net::TcpListener::bind(config.api).await {
-        Ok(listener) => {
-            tracing::info!("local API on http://{}", config.api);
-            tcp_tasks.spawn(crate::api::serve(listener, Arc::clone(&mesh)));
+    if let Some(api) = config.api {
+        match tokio::net::TcpListener::bind(api).await {
+            Ok(listener) => {
+                tracing::info!("local API on http://{api}");
+                if !api.ip().is_loopback() {
+                    tracing::warn!(
+                        "local API on {api}, beyond loopback (api_allow_remote = true): anyone \
+                         who reaches it can read the node's state and use its streams"
+                    );
+                }
+                let mut metrics: Vec<crate::api::MetricSource> = Vec::new();
+                metrics.extend(
+                    counters
+                        .iter()
+                        .map(|c| crate::api::source(c, turn_gw::Counters::snapshot)),
+                );
+                metrics.extend(
+                    dtls_counters
+                        .iter()
+                        .map(|c| crate::api::source(c, crate::dtls::DtlsCounters::snapshot)),
+                );
+                metrics.push(crate::api::source(
+                    &session_counters,
+                    crate::session::SessionCounters::snapshot,
+                ));
+                let state = crate::api::ApiState {
+                    mesh: Arc::clone(&mesh),
+                    node: crate::api::NodeFacts::new(id, &config, locals.clone(), api),
+                    forwards: forward_stats,
+                    metrics,
+                    started,
+                };
+                tcp_tasks.spawn(crate::api::serve(listener, Arc::new(state)));
+            }
+            Err(e) => tracing::warn!(
+                "local API: cannot listen on {api}: {e}; `meshgate connect`, `status` and `peers` \
+                 will not reach this node (set `api` in the config)"
+            ),
         }
-        Err(e) => tracing::warn!(
-            "local API: cannot listen on {}: {e}; `meshgate connect` will not reach this node \
-             (set `api` in the config)",
-            config.api
-        ),
+    } else {
+        tracing::info!("local API off (api = \"off\")");
     }
 
     // mDNS: without it (no multicast here, or a broken interface) static peers still work.
@@ -422,6 +462,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         listen,
         listen_default: _,
         api,
+        api_allow_remote,
         signal,
         log,
         clock_skew_s,
@@ -437,6 +478,10 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("role", *role != new.role),
         ("listen", *listen != new.listen),
         ("api", *api != new.api),
+        (
+            "api_allow_remote",
+            *api_allow_remote != new.api_allow_remote,
+        ),
         ("signal", *signal != new.signal),
         ("log", *log != new.log),
         ("clock_skew", *clock_skew_s != new.clock_skew_s),
