@@ -201,6 +201,30 @@ async fn serve(
             stats,
         ));
     }
+
+    // mDNS: without it (no multicast here, or a broken interface) static peers still work.
+    let discovery = if config.discovery.mdns {
+        let announce = crate::discovery::Announce {
+            id,
+            role: config.role,
+            mesh: config.mesh.clone(),
+            ports: locals.clone(),
+            interfaces: config.discovery.interfaces.clone(),
+        };
+        match crate::discovery::Discovery::start(&announce, Arc::clone(&mesh)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!("{e}; discovery is off (static peers still work)");
+                None
+            }
+        }
+    } else {
+        tracing::info!("mDNS is off ([discovery] mdns = false)");
+        None
+    };
+    let discovery_counters = discovery
+        .as_ref()
+        .map(crate::discovery::Discovery::counters);
     if let Some(api) = config.api {
         match tokio::net::TcpListener::bind(api).await {
             Ok(listener) => {
@@ -226,6 +250,11 @@ async fn serve(
                     &session_counters,
                     crate::session::SessionCounters::snapshot,
                 ));
+                metrics.extend(
+                    discovery_counters.iter().map(|c| {
+                        crate::api::source(c, crate::discovery::DiscoveryCounters::snapshot)
+                    }),
+                );
                 let state = crate::api::ApiState {
                     mesh: Arc::clone(&mesh),
                     node: crate::api::NodeFacts::new(id, &config, locals.clone(), api),
@@ -243,30 +272,6 @@ async fn serve(
     } else {
         tracing::info!("local API off (api = \"off\")");
     }
-
-    // mDNS: without it (no multicast here, or a broken interface) static peers still work.
-    let discovery = if config.discovery.mdns {
-        let announce = crate::discovery::Announce {
-            id,
-            role: config.role,
-            mesh: config.mesh.clone(),
-            ports: locals.clone(),
-            interfaces: config.discovery.interfaces.clone(),
-        };
-        match crate::discovery::Discovery::start(&announce, Arc::clone(&mesh)) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!("{e}; discovery is off (static peers still work)");
-                None
-            }
-        }
-    } else {
-        tracing::info!("mDNS is off ([discovery] mdns = false)");
-        None
-    };
-    let discovery_counters = discovery
-        .as_ref()
-        .map(crate::discovery::Discovery::counters);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut tasks = tokio::task::JoinSet::new();

@@ -72,6 +72,21 @@ fn forward(listen: u16, peer: &str, target: &str) -> String {
     )
 }
 
+/// Connects, retrying while the API is not listening yet (it binds just after the start line).
+fn connect(addr: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(tcp) => return tcp,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to the API at {addr}: {e}"),
+        }
+    }
+}
+
 /// An HTTP answer: status code, head, body.
 #[derive(Debug)]
 struct Answer {
@@ -82,7 +97,7 @@ struct Answer {
 
 /// Sends raw bytes as a request to `addr` and reads the answer to its end (the API closes).
 fn raw(addr: &str, request: &[u8]) -> Answer {
-    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut tcp = connect(addr);
     tcp.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     // A refused request may close before all of it was read: that is fine.
     let _ = tcp.write_all(request);
@@ -489,7 +504,7 @@ fn proxy_carries_get_and_post_to_the_peers_http_service_and_says_why_not() {
     assert_eq!(lines[3], format!("prefix=/proxy/{}", &b_id[..8]));
 
     // A POST whose body is partly in the head's packet and partly after a pause.
-    let mut tcp = TcpStream::connect(&a_api).unwrap();
+    let mut tcp = connect(&a_api);
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = "x".repeat(20_000) + "end";
     let head = format!(
@@ -562,7 +577,7 @@ fn bad_requests_get_4xx_and_the_node_keeps_serving() {
         let api = api.clone();
         thread::spawn(move || {
             let start = Instant::now();
-            let mut tcp = TcpStream::connect(&api).unwrap();
+            let mut tcp = connect(&api);
             tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             tcp.write_all(b"GET /status HTTP/1.1\r\n").unwrap();
             let mut answer = String::new();
@@ -618,7 +633,7 @@ fn bad_requests_get_4xx_and_the_node_keeps_serving() {
     assert_eq!(raw(&api, &huge).code, 431);
     // Clients that vanish mid-head.
     for _ in 0..20 {
-        let mut tcp = TcpStream::connect(&api).unwrap();
+        let mut tcp = connect(&api);
         let _ = tcp.write_all(b"GET /sta");
     }
     let (took, answer) = slow.join().unwrap();

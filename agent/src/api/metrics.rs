@@ -249,6 +249,7 @@ meshgate_dtls_datagrams_dropped_total{reason=\"no_session\"} 6
             crate::dtls::DtlsCounters::default().snapshot(),
             crate::session::SessionCounters::default().snapshot(),
             crate::forward::ForwardCounters::default().snapshot(),
+            crate::discovery::DiscoveryCounters::default().snapshot(),
         ];
         let mut seen = std::collections::BTreeMap::new();
         for (name, help, _) in sets.into_iter().flatten() {
