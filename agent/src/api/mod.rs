@@ -294,7 +294,12 @@ async fn handle(mut tcp: TcpStream, state: &ApiState) -> std::io::Result<()> {
         return connect(tcp, state, &request, &rest).await;
     }
     let head_only = request.method == "HEAD";
-    route(state, &request).send(&mut tcp, head_only).await
+    // A client that does not read its answer must not hold a connection slot for ever.
+    let response = route(state, &request);
+    match tokio::time::timeout(HEAD_TIMEOUT, response.send(&mut tcp, head_only)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(std::io::Error::other("the client did not read its answer")),
+    }
 }
 
 fn route(state: &ApiState, request: &Request) -> Response {
