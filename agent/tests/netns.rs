@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::thread;
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use meshgate_tests::netns::Lan;
@@ -14,26 +13,6 @@ use meshgate_tests::{Node, poll_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 const SECS10: Duration = Duration::from_secs(10);
-
-/// An echo server on host `i`'s loopback; returns its port.
-fn echo_in(lan: &Lan, i: usize) -> u16 {
-    let listener = lan.enter(i, || TcpListener::bind("127.0.0.1:0").unwrap());
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = conn.read(&mut buf) {
-                    if conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                let _ = conn.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 #[test]
 fn the_lan_is_isolated_and_addressed_as_documented() {
@@ -91,7 +70,7 @@ fn static_peers_carry_tcp_between_namespaces_over_both_families() {
         .iter()
         .map(|d| Node::make_identity(BIN, d.path()))
         .collect();
-    let echo = echo_in(&lan, 1);
+    let echo = lan.echo_server(1);
     // Host 0 reaches host 1 over IPv4 and host 2 (which listens on IPv6 only) over IPv6.
     let config0 = format!(
         "[discovery]\nmdns = false\npeers = [{{ id = \"{}\", addr = \"{}:3478\" }}, \
@@ -108,7 +87,7 @@ fn static_peers_carry_tcp_between_namespaces_over_both_families() {
     let config1 = format!(
         "[discovery]\nmdns = false\n[[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:{echo}\"\n"
     );
-    let echo2 = echo_in(&lan, 2);
+    let echo2 = lan.echo_server(2);
     let config2 = format!(
         "listen = [\"[::]:3478\"]\n[discovery]\nmdns = false\n\
          [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:{echo2}\"\n"
@@ -126,14 +105,7 @@ fn static_peers_carry_tcp_between_namespaces_over_both_families() {
         SECS10,
     );
     for port in [7001u16, 7002] {
-        let mut conn = lan.enter(0, || {
-            poll_until(
-                "the forward listens",
-                SECS10,
-                Duration::from_millis(50),
-                || TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()),
-            )
-        });
+        let mut conn = lan.connect(0, port);
         conn.set_read_timeout(Some(SECS10)).unwrap();
         let msg = format!("hello through {port}");
         conn.write_all(msg.as_bytes()).unwrap();

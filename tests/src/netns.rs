@@ -54,7 +54,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -256,6 +256,39 @@ impl Lan {
         path: &str,
     ) -> Result<(u16, String), String> {
         self.enter(i, || http_get(addr, path))
+    }
+
+    /// A TCP echo server on host `i`'s loopback (each connection echoed until the client
+    /// half-closes, then half-closed), serving until the test process ends; returns its port.
+    pub fn echo_server(&self, i: usize) -> u16 {
+        let listener = self.enter(i, || TcpListener::bind("127.0.0.1:0").unwrap());
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = conn.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        port
+    }
+
+    /// Connects to 127.0.0.1:`port` in host `i`, retrying for 10 s while nothing listens yet.
+    pub fn connect(&self, i: usize, port: u16) -> TcpStream {
+        self.enter(i, || {
+            poll_until(
+                &format!("connect to 127.0.0.1:{port} in {}", self.hosts[i]),
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()),
+            )
+        })
     }
 
     /// Starts avahi-daemon (with a system D-Bus of its own) in host `i`, and waits until it has
