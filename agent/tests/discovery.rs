@@ -98,18 +98,13 @@ fn tail(log: &str, lines: usize) -> String {
 }
 
 /// Makes the identity of a node for host `host` (before it starts, so that configs can name
-/// it). `top` goes before the tables, `tables` after `[discovery]`.
-fn member(
-    label: &str,
-    host: usize,
-    gateway: bool,
-    top: &str,
-    tables: &str,
-) -> (Member, tempfile::TempDir) {
+/// it). Its config: the role, `top` (top-level keys), `[discovery]` with the defaults; tests
+/// append services and forwards.
+fn member(label: &str, host: usize, gateway: bool, top: &str) -> (Member, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let id = Node::make_identity(BIN, dir.path());
     let role = if gateway { "gateway" } else { "node" };
-    let config = format!("role = \"{role}\"\n{top}\n[discovery]\n{tables}\n");
+    let config = format!("role = \"{role}\"\n{top}\n[discovery]\n");
     let m = Member {
         label: label.to_owned(),
         host,
@@ -159,15 +154,25 @@ fn session<'a>(rows: &'a [Value], id: &str) -> &'a str {
     row(rows, id).map_or("absent", |r| r["session"].as_str().unwrap_or("?"))
 }
 
-/// Waits until `m` lists every one of `others` (with any session state); returns its rows.
-fn wait_listed(lan: &Lan, m: &Member, others: &[&Member], limit: Duration) -> Vec<Value> {
+/// Whether the row says mDNS found the peer (`source` has `mdns`; a peer that dialled in before
+/// its announcement was heard is listed first with `inbound` alone and no addresses).
+fn discovered(rows: &[Value], id: &str) -> bool {
+    row(rows, id).is_some_and(|r| {
+        r["source"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|v| v == "mdns"))
+    })
+}
+
+/// Waits until `m` lists every one of `others` as found over mDNS; returns its rows.
+fn wait_discovered(lan: &Lan, m: &Member, others: &[&Member], limit: Duration) -> Vec<Value> {
     poll_until(
-        &format!("{} lists {}", m.label, labels(others)),
+        &format!("{} lists {} as found over mDNS", m.label, labels(others)),
         limit,
         POLL,
         || {
             let rows = peers(lan, m)?;
-            if others.iter().all(|o| row(&rows, &o.id).is_some()) {
+            if others.iter().all(|o| discovered(&rows, &o.id)) {
                 Ok(rows)
             } else {
                 Err(format!("{rows:#?}"))
@@ -361,7 +366,7 @@ fn three_nodes_find_each_other_over_mdns_and_forward_between_every_pair() {
     let mut members = Vec::new();
     let mut dirs = Vec::new();
     for (host, label, gateway) in [(0, "gw0", true), (1, "gw1", true), (2, "node2", false)] {
-        let (m, dir) = member(label, host, gateway, "", "");
+        let (m, dir) = member(label, host, gateway, "");
         members.push(m);
         dirs.push(dir);
     }
@@ -382,7 +387,7 @@ fn three_nodes_find_each_other_over_mdns_and_forward_between_every_pair() {
     let all: Vec<&Member> = members.iter().collect();
     for m in &all {
         let others: Vec<&Member> = all.iter().copied().filter(|o| o.id != m.id).collect();
-        let rows = wait_listed(
+        let rows = wait_discovered(
             &lan,
             m,
             &others,
@@ -446,14 +451,14 @@ fn three_nodes_find_each_other_over_mdns_and_forward_between_every_pair() {
 fn nodes_listening_on_ipv6_only_keep_their_sessions_over_ipv6() {
     let lan = Lan::new(2);
     let top = "listen = [\"[::]:3478\"]";
-    let (mut gw, gw_dir) = member("gw0", 0, true, top, "");
-    let (mut node, node_dir) = member("node1", 1, false, top, "");
+    let (mut gw, gw_dir) = member("gw0", 0, true, top);
+    let (mut node, node_dir) = member("node1", 1, false, top);
     gw.config += &(service_echo(lan.echo_server(0)) + &forward(FORWARD_BASE + 1, &node.id));
     node.config += &(service_echo(lan.echo_server(1)) + &forward(FORWARD_BASE, &gw.id));
     gw.start(&lan, gw_dir);
     node.start(&lan, node_dir);
-    wait_listed(&lan, &gw, &[&node], DISCOVERY);
-    wait_listed(&lan, &node, &[&gw], DISCOVERY);
+    wait_discovered(&lan, &gw, &[&node], DISCOVERY);
+    wait_discovered(&lan, &node, &[&gw], DISCOVERY);
     wait_session(&lan, &node, &gw, DISCOVERY);
     wait_session(&lan, &gw, &node, DISCOVERY);
     for (m, other) in [(&gw, &node), (&node, &gw)] {
@@ -486,16 +491,16 @@ fn a_node_of_another_mesh_is_announced_but_never_listed_or_dialled() {
     // Hosts 0 and 1: the mesh (a gateway and a node); 2: a gateway of mesh "other"; 3: avahi.
     let lan = Lan::new(4);
     let avahi = lan.avahi(3);
-    let (mut gw, gw_dir) = member("gw0", 0, true, "", "");
-    let (mut node, node_dir) = member("node1", 1, false, "", "");
-    let (mut other, other_dir) = member("other2", 2, true, "mesh = \"other\"", "");
+    let (mut gw, gw_dir) = member("gw0", 0, true, "");
+    let (mut node, node_dir) = member("node1", 1, false, "");
+    let (mut other, other_dir) = member("other2", 2, true, "mesh = \"other\"");
     other.start(&lan, other_dir);
     let other_started = Instant::now();
     gw.start(&lan, gw_dir);
     node.start(&lan, node_dir);
 
     // The mesh works (so it does hear announcements), and avahi sees all three.
-    wait_listed(&lan, &gw, &[&node], DISCOVERY);
+    wait_discovered(&lan, &gw, &[&node], DISCOVERY);
     wait_session(&lan, &node, &gw, DISCOVERY);
     let services = avahi_sees(&avahi, &[&gw.id, &node.id, &other.id]);
     check_announced(&lan, &services, &other, "other");
@@ -550,9 +555,9 @@ fn a_node_of_another_mesh_is_announced_but_never_listed_or_dialled() {
 #[test]
 fn a_node_fails_over_to_the_other_gateway_and_a_restarted_gateway_comes_back() {
     let lan = Lan::new(3);
-    let (mut gw0, d0) = member("gw0", 0, true, "", "");
-    let (mut gw1, d1) = member("gw1", 1, true, "", "");
-    let (mut node, d2) = member("node2", 2, false, "", "");
+    let (mut gw0, d0) = member("gw0", 0, true, "");
+    let (mut gw1, d1) = member("gw1", 1, true, "");
+    let (mut node, d2) = member("node2", 2, false, "");
     gw0.start(&lan, d0);
     gw1.start(&lan, d1);
     node.start(&lan, d2);
@@ -608,9 +613,9 @@ fn a_node_fails_over_to_the_other_gateway_and_a_restarted_gateway_comes_back() {
     // Back, with the same state dir (same ID): it is listed again and the gateways reconnect.
     gone.start(&lan, dir);
     let restarted = Instant::now();
-    wait_listed(&lan, kept, &[&*gone], DISCOVERY);
-    wait_listed(&lan, &node, &[&*gone], DISCOVERY);
-    wait_listed(&lan, gone, &[&*kept, &node], DISCOVERY);
+    wait_discovered(&lan, kept, &[&*gone], DISCOVERY);
+    wait_discovered(&lan, &node, &[&*gone], DISCOVERY);
+    wait_discovered(&lan, gone, &[&*kept, &node], DISCOVERY);
     wait_session(&lan, kept, gone, DISCOVERY);
     wait_session(&lan, gone, kept, DISCOVERY);
     eprintln!(

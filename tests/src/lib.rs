@@ -252,12 +252,16 @@ impl Node {
         (self.dir, status, log)
     }
 
-    /// The node ID from the start line (`started node <id> ...`).
+    /// The node ID from the start line (`started node|gateway <id> ...`).
     pub fn id(&self) -> &str {
         self.start_line
-            .split("started node ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .split_whitespace()
+            .skip_while(|w| *w != "started")
+            .find(|w| {
+                w.len() == 52
+                    && w.bytes()
+                        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+            })
             .unwrap_or_else(|| panic!("no node ID in {:?}", self.start_line))
     }
 
