@@ -28,6 +28,9 @@ const DISCOVERY: Duration = Duration::from_secs(10);
 /// tables, and how long a node may take to get a session with another gateway meanwhile.
 const GRACEFUL_EXPIRY: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(250);
+/// A node that vanishes (SIGKILL, power cut): its sessions die after 30 s of silence (PING
+/// every 10 s), then an mDNS verification query drops it 10 s later; plus slack.
+const HARD_EXPIRY: Duration = Duration::from_secs(55);
 /// The shared UDP port every node keeps (the default): each host has its own addresses.
 const PORT: u16 = 3478;
 /// Bytes sent (and echoed back) through each forward.
@@ -64,6 +67,13 @@ impl Member {
             tail(&log, 40)
         );
         dir
+    }
+
+    /// A power cut: SIGKILL, so no goodbye over mDNS and no session closed.
+    fn kill(&mut self) -> tempfile::TempDir {
+        let node = self.node.take().expect("the node is running");
+        self.earlier.push_str(&node.proc.stderr());
+        node.kill()
     }
 
     fn start(&mut self, lan: &Lan, dir: tempfile::TempDir) {
@@ -625,4 +635,64 @@ fn a_node_fails_over_to_the_other_gateway_and_a_restarted_gateway_comes_back() {
     );
     // The node stays with the gateway it failed over to.
     assert_eq!(session(&peers(&lan, &node).unwrap(), &kept.id), "up");
+}
+
+#[test]
+fn a_gateway_that_vanishes_is_dropped_within_the_expiry_bound_and_the_node_fails_over() {
+    let lan = Lan::new(3);
+    let (gw0, d0) = member("gw0", 0, true, "");
+    let (gw1, d1) = member("gw1", 1, true, "");
+    let (mut node, d2) = member("node2", 2, false, "");
+    let mut gws = [gw0, gw1];
+    for (gw, dir) in gws.iter_mut().zip([d0, d1]) {
+        gw.start(&lan, dir);
+    }
+    node.start(&lan, d2);
+    let first = poll_until(
+        "node2 has a session up with a gateway",
+        DISCOVERY,
+        POLL,
+        || {
+            let rows = peers(&lan, &node)?;
+            gws.iter()
+                .position(|g| session(&rows, &g.id) == "up")
+                .ok_or_else(|| format!("{rows:#?}"))
+        },
+    );
+    let [a, b] = &mut gws;
+    let (gone, kept) = if first == 0 { (a, b) } else { (b, a) };
+    wait_session(&lan, kept, gone, DISCOVERY);
+
+    let killed = Instant::now();
+    let _dir = gone.kill();
+    poll_until(
+        &format!(
+            "{} and node2 drop {} (SIGKILLed) and node2 gets a session with {}",
+            kept.label, gone.label, kept.label
+        ),
+        HARD_EXPIRY,
+        Duration::from_secs(1),
+        || {
+            let kept_rows = peers(&lan, kept)?;
+            let node_rows = peers(&lan, &node)?;
+            if row(&kept_rows, &gone.id).is_none()
+                && row(&node_rows, &gone.id).is_none()
+                && session(&node_rows, &kept.id) == "up"
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {kept_rows:#?}\nnode2: {node_rows:#?}",
+                    kept.label
+                ))
+            }
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!(
+        "{} dropped and failover done {took:?} after SIGKILL",
+        gone.label
+    );
+    // Not before the session could be declared dead: it was the silence that did it.
+    assert!(took >= Duration::from_secs(15), "{took:?}");
 }
