@@ -22,11 +22,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mdns_sd::{IfKind, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
-use portable_atomic::{AtomicU64, Ordering};
 
 use crate::config::Role;
 use crate::identity::NodeId;
 use crate::session::{Announced, Mesh};
+use turn_gw::counters::bump;
 
 pub const SERVICE_TYPE: &str = "_meshgate._udp.local.";
 /// The TXT `v` this node speaks.
@@ -48,10 +48,6 @@ turn_gw::counter_set! {
         table_full => "mdns_table_full", "announcements of new peers dropped: the peer table is full";
         verifications => "mdns_verifications", "peers asked again over mDNS after their session was lost";
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -45,7 +45,7 @@
 //!   gets a DTLS 1.2 ServerHello: unknown extensions are skipped (test
 //!   `a_dtls13_client_hello_is_answered_with_dtls12`); a client that also offers 1.2 falls back.
 
-use portable_atomic::{AtomicU64, Ordering};
+use portable_atomic::Ordering;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
@@ -65,6 +65,7 @@ use rtc_shared::TransportProtocol;
 use turn_gw::Transmit;
 
 use crate::identity::NodeId;
+use turn_gw::counters::bump;
 
 /// How long a handshake may take from its first ClientHello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,10 +130,6 @@ turn_gw::counter_set! {
         half_open => "dtls_half_open", "DTLS handshakes in progress now (a gauge)";
         sessions => "dtls_sessions", "DTLS sessions established now (a gauge)";
     }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What the engine reports, in order.

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Forward;
 use crate::session::Mesh;
+use turn_gw::counters::bump;
 
 turn_gw::counter_set! {
     /// One `[[forward]]`'s connections (the local API shows them per forward).
@@ -53,10 +54,6 @@ impl Drop for Active {
             .active
             .fetch_sub(1, portable_atomic::Ordering::Relaxed);
     }
-}
-
-fn bump(c: &portable_atomic::AtomicU64) {
-    c.fetch_add(1, portable_atomic::Ordering::Relaxed);
 }
 
 /// Binds every forward's listener, so that a busy port is an error at start, naming it.

@@ -10,66 +10,16 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use meshgate_tests::{Node, free_tcp_port, free_udp_port, run_with_timeout};
+use meshgate_tests::{
+    Node, Spec, forward_toml, free_tcp_port, free_udp_port, run_with_timeout, service_toml,
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
 
 /// A node to be: its directory with an identity, and its ports.
-struct Spec {
-    dir: tempfile::TempDir,
-    id: String,
-    udp: u16,
-    api: u16,
-}
-
 fn spec() -> Spec {
-    let dir = tempfile::tempdir().unwrap();
-    let id = Node::make_identity(BIN, dir.path());
-    Spec {
-        dir,
-        id,
-        udp: free_udp_port(),
-        api: free_tcp_port(),
-    }
-}
-
-impl Spec {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.udp)
-    }
-
-    fn api(&self) -> String {
-        format!("127.0.0.1:{}", self.api)
-    }
-
-    /// Config text: static peers `(id, addr)`, then `tables`. mDNS off.
-    fn config(&self, peers: &[(&str, String)], tables: &str) -> String {
-        let peers: Vec<String> = peers
-            .iter()
-            .map(|(id, addr)| format!("{{ id = \"{id}\", addr = \"{addr}\" }}"))
-            .collect();
-        format!(
-            "listen = \"{}\"\napi = \"{}\"\n[discovery]\nmdns = false\npeers = [{}]\n{tables}\n",
-            self.addr(),
-            self.api(),
-            peers.join(", ")
-        )
-    }
-
-    fn start(self, config: &str) -> Node {
-        Node::start_in(BIN, self.dir, config)
-    }
-}
-
-fn service(name: &str, port: u16) -> String {
-    format!("[[service]]\nname = \"{name}\"\ntarget = \"127.0.0.1:{port}\"\n")
-}
-
-fn forward(listen: u16, peer: &str, target: &str) -> String {
-    format!(
-        "[[forward]]\nlisten = \"127.0.0.1:{listen}\"\npeer = \"{peer}\"\ntarget = \"{target}\"\n"
-    )
+    Spec::new(BIN)
 }
 
 /// Connects, retrying while the API is not listening yet (it binds just after the start line).
@@ -312,7 +262,7 @@ fn wait_session(node: &mut Node, peer: &str) {
 fn status_matches_meshgate_id_and_the_cli_prints_it() {
     let a = spec();
     let api = a.api();
-    let config = a.config(&[], "");
+    let config = a.config("", &[], "");
     let node = a.start(&config);
     let (code, id_json, err) = meshgate(&[
         "id",
@@ -364,8 +314,12 @@ fn peers_sessions_forwards_and_metrics_follow_a_session_and_a_connection() {
     let echo_port = echo();
     let (a, b) = (spec(), spec());
     let fa = free_tcp_port();
-    let config_a = a.config(&[(&b.id, b.addr())], &forward(fa, &b.id[..8], "svc:echo"));
-    let config_b = b.config(&[(&a.id, a.addr())], &service("echo", echo_port));
+    let config_a = a.config(
+        "",
+        &[(&b.id, b.addr())],
+        &forward_toml(fa, &b.id[..8], "svc:echo"),
+    );
+    let config_b = b.config("", &[(&a.id, a.addr())], &service_toml("echo", echo_port));
     let (a_id, b_id, a_api, b_api) = (a.id.clone(), b.id.clone(), a.api(), b.api());
     let mut node_a = a.start(&config_a);
     let node_b = b.start(&config_b);
@@ -485,8 +439,8 @@ fn peers_sessions_forwards_and_metrics_follow_a_session_and_a_connection() {
 fn proxy_carries_get_and_post_to_the_peers_http_service_and_says_why_not() {
     let http_port = http_server();
     let (a, b) = (spec(), spec());
-    let config_a = a.config(&[(&b.id, b.addr())], "");
-    let config_b = b.config(&[(&a.id, a.addr())], &service("http", http_port));
+    let config_a = a.config("", &[(&b.id, b.addr())], "");
+    let config_b = b.config("", &[(&a.id, a.addr())], &service_toml("http", http_port));
     let (a_id, b_id, a_api, b_api) = (a.id.clone(), b.id.clone(), a.api(), b.api());
     let mut node_a = a.start(&config_a);
     let _node_b = b.start(&config_b);
@@ -550,7 +504,11 @@ fn proxy_answers_504_for_a_peer_that_does_not_answer() {
     // A static peer whose address nothing answers on.
     let ghost = spec();
     let a = spec();
-    let config_a = a.config(&[(&ghost.id, format!("127.0.0.1:{}", free_udp_port()))], "");
+    let config_a = a.config(
+        "",
+        &[(&ghost.id, format!("127.0.0.1:{}", free_udp_port()))],
+        "",
+    );
     let a_api = a.api();
     let _node_a = a.start(&config_a);
     let start = Instant::now();
@@ -570,7 +528,7 @@ fn proxy_answers_504_for_a_peer_that_does_not_answer() {
 fn bad_requests_get_4xx_and_the_node_keeps_serving() {
     let a = spec();
     let api = a.api();
-    let config = a.config(&[], "");
+    let config = a.config("", &[], "");
     let _node = a.start(&config);
     // A client that sends nothing gets 408 after the head timeout; meanwhile others are served.
     let slow = {
@@ -698,7 +656,7 @@ fn the_cli_says_when_no_node_answers_or_the_api_is_off() {
     }
     // A node with its API off: it runs, and the CLI says the config turns the API off.
     let config = a
-        .config(&[], "")
+        .config("", &[], "")
         .replace(&format!("api = \"{api}\""), "api = \"off\"");
     let mut node = a.start(&config);
     node.proc

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use meshgate_tests::{Node, free_tcp_port, free_udp_port, run_with_timeout};
+use meshgate_tests::{Node, Spec, forward_toml, free_tcp_port, run_with_timeout, service_toml};
 use ring::digest::{Context, SHA256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshgate");
@@ -27,57 +27,8 @@ fn bulk() -> u64 {
 }
 
 /// A node to be: its directory with an identity, and its ports.
-struct Spec {
-    dir: tempfile::TempDir,
-    id: String,
-    udp: u16,
-    api: u16,
-}
-
 fn spec() -> Spec {
-    let dir = tempfile::tempdir().unwrap();
-    let id = Node::make_identity(BIN, dir.path());
-    Spec {
-        dir,
-        id,
-        udp: free_udp_port(),
-        api: free_tcp_port(),
-    }
-}
-
-impl Spec {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.udp)
-    }
-
-    /// Config text: `top` (top-level keys), static peers `(id, addr)`, then `tables`.
-    fn config(&self, top: &str, peers: &[(&str, String)], tables: &str) -> String {
-        let peers: Vec<String> = peers
-            .iter()
-            .map(|(id, addr)| format!("{{ id = \"{id}\", addr = \"{addr}\" }}"))
-            .collect();
-        format!(
-            "listen = \"{}\"\napi = \"127.0.0.1:{}\"\n{top}\n[discovery]\nmdns = false\n\
-             peers = [{}]\n{tables}\n",
-            self.addr(),
-            self.api,
-            peers.join(", ")
-        )
-    }
-
-    fn start(self, config: &str) -> Node {
-        Node::start_in(BIN, self.dir, config)
-    }
-}
-
-fn service(name: &str, port: u16) -> String {
-    format!("[[service]]\nname = \"{name}\"\ntarget = \"127.0.0.1:{port}\"\n")
-}
-
-fn forward(listen: u16, peer: &str, target: &str) -> String {
-    format!(
-        "[[forward]]\nlisten = \"127.0.0.1:{listen}\"\npeer = \"{peer}\"\ntarget = \"{target}\"\n"
-    )
+    Spec::new(BIN)
 }
 
 /// Deterministic bytes (xorshift64*), so that senders need not keep what they sent.
@@ -226,12 +177,12 @@ fn two_nodes_carry_a_gib_each_way_intact() {
     let config_a = a.config(
         "",
         &[(&b.id, b.addr())],
-        &(service("sink", sink_port) + &forward(fa, &b.id, "svc:sink")),
+        &(service_toml("sink", sink_port) + &forward_toml(fa, &b.id, "svc:sink")),
     );
     let config_b = b.config(
         "",
         &[(&a.id, a.addr())],
-        &(service("sink", sink_port) + &forward(fb, &a.id, "svc:sink")),
+        &(service_toml("sink", sink_port) + &forward_toml(fb, &a.id, "svc:sink")),
     );
     let (a_id, b_id) = (a.id.clone(), b.id.clone());
     let mut node_a = a.start(&config_a);
@@ -276,17 +227,17 @@ fn three_nodes_carry_200_concurrent_connections_of_random_sizes_intact() {
     let config_a = a.config(
         "",
         &[(&b.id, b.addr()), (&c.id, c.addr())],
-        &(forward(ab, &b.id, "svc:echo") + &forward(ac, &c.id[..8], "svc:echo")),
+        &(forward_toml(ab, &b.id, "svc:echo") + &forward_toml(ac, &c.id[..8], "svc:echo")),
     );
     let config_b = b.config(
         "",
         &[(&a.id, a.addr()), (&c.id, c.addr())],
-        &(service("echo", echo_port) + &forward(bc, &c.id, "svc:echo")),
+        &(service_toml("echo", echo_port) + &forward_toml(bc, &c.id, "svc:echo")),
     );
     let config_c = c.config(
         "",
         &[(&a.id, a.addr()), (&b.id, b.addr())],
-        &service("echo", echo_port),
+        &service_toml("echo", echo_port),
     );
     let (b_id, c_id) = (b.id.clone(), c.id.clone());
     let mut node_a = a.start(&config_a);
@@ -363,12 +314,12 @@ fn a_consumer_that_stops_reading_does_not_stall_another_stream() {
     let config_a = a.config(
         "",
         &[(&b.id, b.addr())],
-        &(forward(f_stall, &b.id, "svc:stall") + &forward(f_sink, &b.id, "svc:sink")),
+        &(forward_toml(f_stall, &b.id, "svc:stall") + &forward_toml(f_sink, &b.id, "svc:sink")),
     );
     let config_b = b.config(
         "",
         &[],
-        &(service("stall", stall_port) + &service("sink", sink_port)),
+        &(service_toml("stall", stall_port) + &service_toml("sink", sink_port)),
     );
     let b_id = b.id.clone();
     let mut node_a = a.start(&config_a);
@@ -429,8 +380,12 @@ fn half_close_request_reply_works_through_a_forward_and_meshgate_connect() {
     let port = hash_reply();
     let (a, b) = (spec(), spec());
     let f = free_tcp_port();
-    let config_a = a.config("", &[(&b.id, b.addr())], &forward(f, &b.id, "svc:hash"));
-    let config_b = b.config("", &[], &service("hash", port));
+    let config_a = a.config(
+        "",
+        &[(&b.id, b.addr())],
+        &forward_toml(f, &b.id, "svc:hash"),
+    );
+    let config_b = b.config("", &[], &service_toml("hash", port));
     let (b_id, a_api) = (b.id.clone(), a.api);
     let mut node_a = a.start(&config_a);
     let _node_b = b.start(&config_b);
@@ -466,7 +421,7 @@ fn a_target_the_peer_does_not_expose_gets_open_err_with_the_reason() {
     let port = echo();
     let (a, b) = (spec(), spec());
     let config_a = a.config("", &[(&b.id, b.addr())], "");
-    let config_b = b.config("", &[], &service("echo", port));
+    let config_b = b.config("", &[], &service_toml("echo", port));
     let (b_id, a_api) = (b.id.clone(), a.api);
     let mut node_a = a.start(&config_a);
     let mut node_b = b.start(&config_b);
@@ -590,8 +545,12 @@ fn a_peer_killed_mid_transfer_closes_the_streams_and_a_restart_recovers() {
     let (sink_port, results) = sink();
     let (a, b) = (spec(), spec());
     let f = free_tcp_port();
-    let config_a = a.config("", &[(&b.id, b.addr())], &forward(f, &b.id, "svc:sink"));
-    let config_b = b.config("", &[(&a.id, a.addr())], &service("sink", sink_port));
+    let config_a = a.config(
+        "",
+        &[(&b.id, b.addr())],
+        &forward_toml(f, &b.id, "svc:sink"),
+    );
+    let config_b = b.config("", &[(&a.id, a.addr())], &service_toml("sink", sink_port));
     let b_id = b.id.clone();
     let mut node_a = a.start(&config_a);
     let node_b = b.start(&config_b);
@@ -693,8 +652,8 @@ fn ssh_runs_through_a_forward_and_through_meshgate_connect_as_proxy_command() {
     let (_sshd, ssh_port, key, _keys) = private_sshd();
     let (a, b) = (spec(), spec());
     let f = free_tcp_port();
-    let config_a = a.config("", &[(&b.id, b.addr())], &forward(f, &b.id, "svc:ssh"));
-    let config_b = b.config("", &[], &service("ssh", ssh_port));
+    let config_a = a.config("", &[(&b.id, b.addr())], &forward_toml(f, &b.id, "svc:ssh"));
+    let config_b = b.config("", &[], &service_toml("ssh", ssh_port));
     let (b_id, a_api) = (b.id.clone(), a.api);
     let mut node_a = a.start(&config_a);
     let _node_b = b.start(&config_b);

@@ -333,3 +333,70 @@ pub fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A node to run on loopback: its directory and identity made, a free UDP port for its shared
+/// port and a free TCP port for its local API. Its configs turn mDNS off: nodes on the host
+/// must never multicast on the host's interfaces.
+#[derive(Debug)]
+pub struct Spec {
+    pub bin: &'static str,
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    pub udp: u16,
+    pub api: u16,
+}
+
+impl Spec {
+    pub fn new(bin: &'static str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Node::make_identity(bin, dir.path());
+        Self {
+            bin,
+            dir,
+            id,
+            udp: free_udp_port(),
+            api: free_tcp_port(),
+        }
+    }
+
+    /// The shared port's address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.udp)
+    }
+
+    /// The local API's address.
+    pub fn api(&self) -> String {
+        format!("127.0.0.1:{}", self.api)
+    }
+
+    /// Config text: `top` (top-level keys), static peers `(id, addr)`, then `tables`.
+    pub fn config(&self, top: &str, peers: &[(&str, String)], tables: &str) -> String {
+        let peers: Vec<String> = peers
+            .iter()
+            .map(|(id, addr)| format!("{{ id = \"{id}\", addr = \"{addr}\" }}"))
+            .collect();
+        format!(
+            "listen = \"{}\"\napi = \"{}\"\n{top}\n[discovery]\nmdns = false\n\
+             peers = [{}]\n{tables}\n",
+            self.addr(),
+            self.api(),
+            peers.join(", ")
+        )
+    }
+
+    pub fn start(self, config: &str) -> Node {
+        Node::start_in(self.bin, self.dir, config)
+    }
+}
+
+/// A `[[service]]` table: `name` is 127.0.0.1:`port`.
+pub fn service_toml(name: &str, port: u16) -> String {
+    format!("[[service]]\nname = \"{name}\"\ntarget = \"127.0.0.1:{port}\"\n")
+}
+
+/// A `[[forward]]` table: 127.0.0.1:`listen` to `target` on `peer`.
+pub fn forward_toml(listen: u16, peer: &str, target: &str) -> String {
+    format!(
+        "[[forward]]\nlisten = \"127.0.0.1:{listen}\"\npeer = \"{peer}\"\ntarget = \"{target}\"\n"
+    )
+}

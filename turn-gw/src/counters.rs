@@ -5,6 +5,11 @@ pub use portable_atomic::{AtomicU64, Ordering};
 
 use crate::demux::{Drop, Kind};
 
+/// Adds one to a counter of a [`counter_set!`] struct.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Declares a struct of monotonic counters (`AtomicU64`, portable to MIPS32) with a
 /// `snapshot()` giving `(metric name, help, value)` for each, in declaration order. Shared by the
 /// shared port's counters here and the agent's DTLS counters.

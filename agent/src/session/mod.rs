@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use portable_atomic::{AtomicU64, Ordering};
+use portable_atomic::Ordering;
 use tokio::sync::mpsc;
 use turn_gw::{Sessions, Transmit};
 
@@ -43,6 +43,7 @@ pub use peers::Announced;
 use peers::{HeldSession, Order, PeerTable};
 use tcp::{EngineSide, EngineTx, FromTcp, StreamKey, TcpSide, ToTcp};
 use transport::{Transport, TransportEvent};
+use turn_gw::counters::bump;
 
 /// A PING goes out when this long passed since the last one.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -88,10 +89,6 @@ turn_gw::counter_set! {
         bytes_sent => "stream_bytes_sent", "payload bytes sent on streams";
         bytes_received => "stream_bytes_received", "payload bytes received on streams";
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What this node lets its peers reach: its `[[service]]` entries. `host:port` targets only
