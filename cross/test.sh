@@ -64,6 +64,21 @@ say "cargo test --workspace --target aarch64-unknown-linux-musl (under qemu-user
 start=$SECONDS
 # The bulk session test moves 1 GiB each way natively; through two emulated nodes that alone took
 # ~5 min, so under qemu it moves 128 MiB each way (the same code path, a shorter run).
+# The mDNS discovery tests (agent/tests/discovery.rs) cannot pass emulated: qemu-user (Debian 12's
+# 7.2) answers setsockopt IP_MULTICAST_IF and IPV6_MULTICAST_IF with "Unsupported setsockopt"
+# (seen with `qemu-aarch64-static -d unimp`), and mdns-sd needs them to send on each interface,
+# so nothing is ever announced. A real ARM kernel has them; the tests run natively in
+# scripts/test.sh. Skipped here by name, and said so.
+qemu_skip=(
+  three_nodes_find_each_other_over_mdns
+  nodes_listening_on_ipv6_only_keep_their_sessions
+  a_node_of_another_mesh_is_announced_but_never_listed
+  a_node_fails_over_to_the_other_gateway
+  a_gateway_that_vanishes_is_dropped
+)
+echo "under qemu-user, skipping the mDNS discovery tests (no IP_MULTICAST_IF in qemu-user): ${qemu_skip[*]}" >&2
+skip_args=()
+for t in "${qemu_skip[@]}"; do skip_args+=(--skip "$t"); done
 MESHGATE_TEST_BULK_MIB=${MESHGATE_TEST_BULK_MIB:-128} \
-  cargo test --workspace --locked --target "$(triple aarch64)" "$@"
+  cargo test --workspace --locked --target "$(triple aarch64)" "$@" -- "${skip_args[@]}"
 echo "aarch64 tests under qemu-user: $((SECONDS - start)) s (build included)" >&2
