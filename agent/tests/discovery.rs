@@ -207,6 +207,40 @@ fn wait_session(lan: &Lan, m: &Member, other: &Member, limit: Duration) {
     );
 }
 
+/// Waits until `kept` and `node` no longer list `gone` and `node` has a session up with `kept`.
+fn wait_failed_over(
+    lan: &Lan,
+    kept: &Member,
+    gone: &Member,
+    node: &Member,
+    limit: Duration,
+    every: Duration,
+) {
+    poll_until(
+        &format!(
+            "{} and {} drop {} and {} gets a session with {}",
+            kept.label, node.label, gone.label, node.label, kept.label
+        ),
+        limit,
+        every,
+        || {
+            let kept_rows = peers(lan, kept)?;
+            let node_rows = peers(lan, node)?;
+            if row(&kept_rows, &gone.id).is_none()
+                && row(&node_rows, &gone.id).is_none()
+                && session(&node_rows, &kept.id) == "up"
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {kept_rows:#?}\n{}: {node_rows:#?}",
+                    kept.label, node.label
+                ))
+            }
+        },
+    );
+}
+
 fn labels(ms: &[&Member]) -> String {
     ms.iter()
         .map(|m| m.label.as_str())
@@ -595,29 +629,7 @@ fn a_node_fails_over_to_the_other_gateway_and_a_restarted_gateway_comes_back() {
     // Graceful stop: goodbye over mDNS, sessions closed.
     let stopped = Instant::now();
     let dir = gone.stop();
-    poll_until(
-        &format!(
-            "{} and node2 drop {} and node2 gets a session with {}",
-            kept.label, gone.label, kept.label
-        ),
-        GRACEFUL_EXPIRY,
-        POLL,
-        || {
-            let kept_rows = peers(&lan, kept)?;
-            let node_rows = peers(&lan, &node)?;
-            if row(&kept_rows, &gone.id).is_none()
-                && row(&node_rows, &gone.id).is_none()
-                && session(&node_rows, &kept.id) == "up"
-            {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}: {kept_rows:#?}\nnode2: {node_rows:#?}",
-                    kept.label
-                ))
-            }
-        },
-    );
+    wait_failed_over(&lan, kept, gone, &node, GRACEFUL_EXPIRY, POLL);
     eprintln!("failover done {:?} after SIGTERM", stopped.elapsed());
 
     // Back, with the same state dir (same ID): it is listed again and the gateways reconnect.
@@ -665,29 +677,7 @@ fn a_gateway_that_vanishes_is_dropped_within_the_expiry_bound_and_the_node_fails
 
     let killed = Instant::now();
     let _dir = gone.kill();
-    poll_until(
-        &format!(
-            "{} and node2 drop {} (SIGKILLed) and node2 gets a session with {}",
-            kept.label, gone.label, kept.label
-        ),
-        HARD_EXPIRY,
-        Duration::from_secs(1),
-        || {
-            let kept_rows = peers(&lan, kept)?;
-            let node_rows = peers(&lan, &node)?;
-            if row(&kept_rows, &gone.id).is_none()
-                && row(&node_rows, &gone.id).is_none()
-                && session(&node_rows, &kept.id) == "up"
-            {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}: {kept_rows:#?}\nnode2: {node_rows:#?}",
-                    kept.label
-                ))
-            }
-        },
-    );
+    wait_failed_over(&lan, kept, gone, &node, HARD_EXPIRY, Duration::from_secs(1));
     let took = killed.elapsed();
     eprintln!(
         "{} dropped and failover done {took:?} after SIGKILL",
