@@ -75,10 +75,28 @@ cargo test --workspace --locked
 say "cross: aarch64 build + qemu smoke test, aarch64 tests under qemu, systemd checks"
 bash cross/ci.sh
 
+# A fuzz run prints three lines when it passes; when it fails (a crash, or a build that broke)
+# it prints the end of the log, the crashing input in base64 (libFuzzer's own line) and the free
+# disk space, so that a CI log alone says what happened.
+fuzz_run() {
+  local target=$1 seconds=$2 log
+  log="$(pwd)/target/fuzz-$target.log"
+  mkdir -p target
+  if (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" -print_final_stats=1) \
+      >"$log" 2>&1; then
+    tail -n 3 "$log"
+  else
+    echo "fuzz target $target FAILED; the end of its log ($log):"
+    grep -v '^\s*[0-9]*: \|^\s*at ' "$log" | tail -n 60
+    df -h . | tail -n 1
+    return 1
+  fi
+}
+
 say "fuzz: the shared port's parsing path, 30 s"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-(cd fuzz && cargo +nightly fuzz run shared_port -- -max_total_time=30 -print_final_stats=1 2>&1 | tail -n 3)
+fuzz_run shared_port 30
 
 say "fuzz: the frame codec (one SCTP message, and a byte stream in chunks), 20 s"
-(cd fuzz && cargo +nightly fuzz run frame -- -max_total_time=20 -print_final_stats=1 2>&1 | tail -n 3)
+fuzz_run frame 20
