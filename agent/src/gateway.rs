@@ -24,6 +24,7 @@ pub fn turn_config(config: &Config, listen: SocketAddr) -> TurnConfig {
         policy: RelayPolicy {
             allow: turn.relay_allow.clone(),
             own: own_addresses(),
+            own_port: Some(listen.port()),
         },
         relay_ip: listen.ip(),
         relay_ports: turn.relay_ports.clone(),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
 use turn_gw::stun::{self, Message};
-use turn_gw::{Kind, binding, classify, demux};
+use turn_gw::{IceLite, Kind, binding, classify, demux};
 
 const ATTRS: &[u16] = &[
     stun::USERNAME,
@@ -36,6 +36,11 @@ fn exercise(m: &Message<'_>) {
     let _ = m.check_integrity(b"key");
     // Building the answer from hostile input must not panic either.
     let _ = binding::respond(m, from);
+    // The ICE-lite responder, with a live entry so that hostile checks reach the integrity check.
+    let ice = IceLite::default();
+    let now = std::time::Instant::now();
+    let _ = ice.expect(now, "ufrag", "passwordpasswordpassword", "remote", [0; 32]);
+    let _ = ice.check(now, m, from);
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -49,6 +49,8 @@ counter_set! {
         drop_malformed => "drop_malformed", "datagrams dropped because they did not parse (bad STUN, short ChannelData...)";
         stun_binding => "stun_binding_responses", "STUN Binding requests answered";
         stun_refused => "stun_refused", "STUN requests answered with an error because this node does not serve them (TURN off)";
+        ice_checks => "ice_checks", "ICE connectivity checks answered (ICE-lite, for offers the signaling answered)";
+        ice_refused => "ice_refused", "ICE connectivity checks refused (unknown or expired ufrag, bad integrity)";
         turn_allocations => "turn_allocations", "TURN allocations now (a gauge)";
         turn_allocations_total => "turn_allocations_total", "TURN allocations made";
         turn_auth_failures => "turn_auth_failures", "TURN requests refused for bad credentials";

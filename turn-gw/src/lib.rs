@@ -10,6 +10,7 @@ pub mod binding;
 pub mod cidr;
 pub mod counters;
 pub mod demux;
+pub mod ice;
 pub mod peers;
 pub mod policy;
 pub mod socket;
@@ -30,6 +31,7 @@ pub use auth::Credentials;
 pub use cidr::{Cidr, ParseCidrError};
 pub use counters::Counters;
 pub use demux::{Drop, Kind, classify};
+pub use ice::IceLite;
 pub use policy::RelayPolicy;
 pub use socket::{BufferSizes, SOCKET_BUFFER};
 pub use turn::{TurnConfig, TurnServer};
@@ -93,6 +95,7 @@ pub struct SharedPort {
     counters: Arc<Counters>,
     turn: Option<TurnServer>,
     sessions: Option<Box<dyn Sessions>>,
+    ice: Option<IceLite>,
     /// UDP GRO is on: reads take [`udp::GRO_SLOT`]-byte buffers.
     gro: bool,
     /// Send runs of equal-sized datagrams with UDP GSO (off after the first EIO).
@@ -146,6 +149,7 @@ impl SharedPort {
             counters: Arc::new(Counters::default()),
             turn: None,
             sessions: None,
+            ice: None,
         })
     }
 
@@ -156,6 +160,12 @@ impl SharedPort {
             Arc::clone(&self.socket),
             Arc::clone(&self.counters),
         ));
+    }
+
+    /// Answers ICE connectivity checks (Binding requests with USERNAME) for the credentials
+    /// registered in `ice`.
+    pub fn enable_ice(&mut self, ice: IceLite) {
+        self.ice = Some(ice);
     }
 
     /// Hands DTLS datagrams to `sessions`.
@@ -347,11 +357,23 @@ impl SharedPort {
                 Counters::add(&self.counters.stun_binding, 1);
                 Some(binding::respond(&msg, from))
             }
-            // An ICE connectivity check: answered once ICE-lite exists (issue 7).
-            (stun::BINDING, stun::Class::Request) => {
-                Counters::add(&self.counters.drop_unhandled, 1);
-                None
-            }
+            // An ICE connectivity check.
+            (stun::BINDING, stun::Class::Request) => match &self.ice {
+                Some(ice) => match ice.check(now, &msg, from) {
+                    ice::Check::Answer(data) => {
+                        Counters::add(&self.counters.ice_checks, 1);
+                        Some(data)
+                    }
+                    ice::Check::Refuse(data) => {
+                        Counters::add(&self.counters.ice_refused, 1);
+                        Some(data)
+                    }
+                },
+                None => {
+                    Counters::add(&self.counters.drop_unhandled, 1);
+                    None
+                }
+            },
             (stun::BINDING, _) => None,
             _ => match &mut self.turn {
                 Some(turn) => {

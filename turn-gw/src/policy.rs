@@ -2,7 +2,8 @@
 //!
 //! A TURN server on a router is otherwise an open door into the LAN and into the router itself,
 //! so by default relaying never reaches loopback, link-local, multicast, broadcast, unspecified
-//! addresses or the gateway's own addresses. `relay_allow` prefixes are exceptions to all of it.
+//! addresses or the gateway's own addresses (but its shared port, where a relayed browser meets
+//! the gateway itself). `relay_allow` prefixes are exceptions to all of it.
 
 use std::net::IpAddr;
 
@@ -36,6 +37,11 @@ pub struct RelayPolicy {
     pub allow: Vec<Cidr>,
     /// The gateway's own addresses (its interfaces').
     pub own: Vec<IpAddr>,
+    /// The shared port: the one port of the gateway's own addresses that relaying may reach
+    /// (a browser whose only candidate is a relay on this gateway reaches the gateway's own
+    /// ICE-lite and DTLS through it). Every other port of the gateway stays closed; the port is
+    /// checked per datagram by [`RelayPolicy::check_send`], since permissions are per IP.
+    pub own_port: Option<u16>,
 }
 
 impl RelayPolicy {
@@ -77,10 +83,27 @@ impl RelayPolicy {
         if let Some(d) = denied {
             return Err(d);
         }
-        if self.own.iter().any(|&own| canonical(own) == ip) {
+        if self.own_port.is_none() && self.is_own(ip) {
             return Err(Denied::OwnAddress);
         }
         Ok(())
+    }
+
+    fn is_own(&self, ip: IpAddr) -> bool {
+        self.own.iter().any(|&own| canonical(own) == ip)
+    }
+
+    /// Whether relayed data may go to `peer`: [`RelayPolicy::check`] allowed its IP, and on the
+    /// gateway's own addresses only the shared port is reachable.
+    pub fn check_send(&self, peer: std::net::SocketAddr) -> Result<(), Denied> {
+        let ip = canonical(peer.ip());
+        if self.allow.iter().any(|c| c.contains(ip)) || !self.is_own(ip) {
+            return Ok(());
+        }
+        match self.own_port {
+            Some(port) if port == peer.port() => Ok(()),
+            _ => Err(Denied::OwnAddress),
+        }
     }
 }
 
@@ -97,6 +120,7 @@ mod tests {
         let p = RelayPolicy {
             allow: vec![],
             own: vec![ip("192.168.1.1")],
+            own_port: None,
         };
         for (addr, why) in [
             ("127.0.0.1", Denied::Loopback),
@@ -125,9 +149,28 @@ mod tests {
         let p = RelayPolicy {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             own: vec![ip("127.0.0.1")],
+            own_port: None,
         };
         assert_eq!(p.check(ip("127.0.0.1")), Ok(()));
         assert_eq!(p.check(ip("::ffff:127.0.0.1")), Ok(()));
         assert_eq!(p.check(ip("::1")), Err(Denied::Loopback));
+    }
+
+    #[test]
+    fn the_gateway_itself_is_reachable_on_its_shared_port_only() {
+        let p = RelayPolicy {
+            allow: vec![],
+            own: vec![ip("192.168.1.1")],
+            own_port: Some(3478),
+        };
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(p.check(ip("192.168.1.1")), Ok(()));
+        assert_eq!(p.check_send(at("192.168.1.1:3478")), Ok(()));
+        assert_eq!(p.check_send(at("[::ffff:192.168.1.1]:3478")), Ok(()));
+        for other in ["192.168.1.1:53", "192.168.1.1:3479", "192.168.1.1:22"] {
+            assert_eq!(p.check_send(at(other)), Err(Denied::OwnAddress), "{other}");
+        }
+        assert_eq!(p.check_send(at("192.168.1.20:53")), Ok(()));
+        assert_eq!(p.check(ip("127.0.0.1")), Err(Denied::Loopback));
     }
 }

@@ -555,6 +555,10 @@ impl TurnServer {
             Counters::add(&self.counters.turn_drop_no_permission, 1);
             return;
         }
+        if self.config.policy.check_send(peer).is_err() {
+            Counters::add(&self.counters.turn_relay_denied, 1);
+            return;
+        }
         match alloc.relay.try_send_to(data, peer) {
             Ok(_) => {
                 Counters::add(&self.counters.turn_to_peer_datagrams, 1);
