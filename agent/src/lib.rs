@@ -13,3 +13,4 @@ pub mod identity;
 pub mod run;
 pub mod sdnotify;
 pub mod session;
+pub mod signal;

@@ -1,0 +1,3 @@
+//! HTTP signaling (DESIGN.md §8, §11): the token and the SDP, pure.
+
+pub mod jwt;
