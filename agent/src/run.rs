@@ -117,13 +117,31 @@ async fn serve(
         .collect::<Vec<_>>()
         .join(", ");
     let certificate = identity.dtls_certificate()?;
+    let ice = turn_gw::IceLite::default();
     let mesh = Mesh::new(MeshConfig {
         local_id: identity.id(),
         mesh: config.mesh.clone(),
         role: config.role,
         exposed: Exposed::new(&config.services),
         static_peers: config.discovery.peers.clone(),
+        ice: ice.clone(),
     });
+    // Offers: answered over HTTP (gateways, `signal`) and relayed by gateways (every node).
+    let signaling = Arc::new(crate::signal::Signaling::new(
+        identity.id(),
+        config.mesh.clone(),
+        config.role,
+        ice.clone(),
+        locals.clone(),
+        config.admission.allow.clone(),
+        config.clock_skew_s,
+        (
+            *config.turn.relay_ports.start(),
+            *config.turn.relay_ports.end(),
+        ),
+        Arc::clone(&mesh),
+    ));
+    mesh.set_dialer(signaling.clone());
     let mut counters = Vec::new();
     let mut dtls_counters = Vec::new();
     for port in &mut ports {
@@ -131,6 +149,7 @@ async fn serve(
         if config.turn.enabled {
             port.enable_turn(crate::gateway::turn_config(&config, local));
         }
+        port.enable_ice(ice.clone());
         let dtls = crate::dtls::DtlsSessions::new(
             certificate.clone(),
             local,
@@ -250,6 +269,10 @@ async fn serve(
                     &session_counters,
                     crate::session::SessionCounters::snapshot,
                 ));
+                metrics.push(crate::api::source(
+                    &signaling.counters,
+                    crate::signal::SignalCounters::snapshot,
+                ));
                 metrics.extend(
                     discovery_counters.iter().map(|c| {
                         crate::api::source(c, crate::discovery::DiscoveryCounters::snapshot)
@@ -271,6 +294,19 @@ async fn serve(
         }
     } else {
         tracing::info!("local API off (api = \"off\")");
+    }
+
+    if let Some(addr) = config.signal {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!("signaling and the browser page on http://{addr}");
+                tcp_tasks.spawn(crate::signal::serve(listener, Arc::clone(&signaling)));
+            }
+            Err(e) => tracing::warn!(
+                "signaling: cannot listen on {addr}: {e}; browsers cannot dial this node (set \
+                 `signal` in the config, or `signal = \"off\"`)"
+            ),
+        }
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());

@@ -147,6 +147,8 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// The `Location` header of a redirect.
     pub location: Option<String>,
+    /// Any other headers (the signaling's CORS and Date).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 pub const TEXT: &str = "text/plain; charset=utf-8";
@@ -165,6 +167,7 @@ impl Response {
             body,
             allow: None,
             location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Response {
             body: body.into_bytes(),
             allow: None,
             location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -200,6 +204,9 @@ impl Response {
         }
         if let Some(location) = &self.location {
             extra.push_str(&format!("Location: {location}\r\n"));
+        }
+        for (name, value) in &self.headers {
+            extra.push_str(&format!("{name}: {value}\r\n"));
         }
         let head = format!(
             "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{extra}Cache-Control: \

@@ -71,6 +71,17 @@ pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const LABEL_CTL: &str = "ctl";
 pub const LABEL_TCP: &str = "tcp";
 pub const PROTOCOL: &str = "meshgate/1";
+/// The stream target a gateway opens on a node to hand it a browser's offer (`POST
+/// /v1/dial?to=`): one request message, one answer message, no TCP.
+pub const DIAL_TARGET: &str = "meshgate:dial";
+/// The most a relayed dial's request or answer may be.
+pub const DIAL_MESSAGE_MAX: usize = 64 * 1024;
+
+/// Answers offers relayed by a gateway (the signaling, on every node).
+pub trait Dialer: Send + Sync {
+    /// The answer message to a request message from `gateway`.
+    fn relayed(&self, gateway: NodeId, request: &[u8]) -> Vec<u8>;
+}
 const CTL: u16 = 0;
 
 turn_gw::counter_set! {
@@ -147,6 +158,9 @@ pub struct MeshConfig {
     pub role: Role,
     pub exposed: Exposed,
     pub static_peers: Vec<StaticPeer>,
+    /// ICE-lite credentials: an accepted DTLS peer whose address passed ICE checks must present
+    /// the fingerprint of the offer those checks were for.
+    pub ice: turn_gw::IceLite,
 }
 
 /// The hello each side sends first on the control channel.
@@ -241,6 +255,7 @@ pub struct Mesh {
     config: MeshConfig,
     inner: Mutex<Inner>,
     counters: Arc<SessionCounters>,
+    dialer: std::sync::OnceLock<Arc<dyn Dialer>>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -270,7 +285,18 @@ impl Mesh {
                 table,
             }),
             counters: Arc::new(SessionCounters::default()),
+            dialer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Who answers the offers gateways relay to this node.
+    pub fn set_dialer(&self, dialer: Arc<dyn Dialer>) {
+        let _ = self.dialer.set(dialer);
+    }
+
+    /// The remote address of the session held with `peer`, if one is.
+    pub fn session_remote(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.lock().sessions.get(&peer).map(|h| h.remote)
     }
 
     pub fn counters(&self) -> Arc<SessionCounters> {
@@ -1023,6 +1049,18 @@ impl Engine {
         out: &mut Vec<Transmit>,
     ) {
         if !client
+            && let Some(expect) = self.mesh.config.ice.expected_peer(now, remote)
+            && expect != *peer.as_bytes()
+        {
+            let why = format!(
+                "it presented node {peer}, but the offer its ICE checks were for has \
+                 fingerprint {}",
+                NodeId::from_bytes(expect)
+            );
+            self.refuse(now, remote, &why, out);
+            return;
+        }
+        if !client
             && let Some(expect) = self.mesh.expected_at(remote)
             && expect != peer
         {
@@ -1346,6 +1384,10 @@ impl Engine {
                 return;
             }
         };
+        if target == DIAL_TARGET {
+            self.accept_dial(now, remote, channel, peer);
+            return;
+        }
         let hp = match self.mesh.config.exposed.resolve(&target) {
             Ok(hp) => hp,
             Err(why) => {
@@ -1390,6 +1432,47 @@ impl Engine {
                     );
                     tcp_side.engine.send(key, FromTcp::Connected(Err(why)));
                 }
+            }
+        });
+    }
+
+    /// A gateway hands us a browser's offer: the answer comes from the [`Dialer`], in a task.
+    fn accept_dial(&mut self, now: Instant, remote: SocketAddr, channel: u16, peer: NodeId) {
+        let Some(dialer) = self.mesh.dialer.get().cloned() else {
+            let why = "this node takes no relayed dials";
+            self.end_channel(now, remote, channel, Some(Frame::open_err_truncated(why)));
+            return;
+        };
+        let key = tcp::next_key();
+        let engine: Arc<dyn EngineTx> = self.tx.clone();
+        let (side, mut tcp_side) = tcp::stream_pair(key, engine);
+        let stream = Stream::new(
+            peer,
+            DIAL_TARGET.to_owned(),
+            side,
+            StreamState::Connecting,
+            Some((remote, channel)),
+        );
+        self.streams.insert(key, stream);
+        self.channels.insert((remote, channel), Chan::Stream(key));
+        bump(&self.counters.streams_opened);
+        self.counters.streams.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            tcp_side.engine.send(key, FromTcp::Connected(Ok(())));
+            let request =
+                tokio::time::timeout(CONNECT_TIMEOUT, tcp_side.read_message(DIAL_MESSAGE_MAX))
+                    .await
+                    .unwrap_or_else(|_| Err("no request in time".to_owned()));
+            match request {
+                Ok(request) => {
+                    let answer = dialer.relayed(peer, &request);
+                    if let Err(e) = tcp_side.send_message(&answer) {
+                        tcp_side.engine.send(key, FromTcp::Reset(e));
+                    }
+                    // Hold our side until the gateway has read the answer and closed.
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, tcp_side.read_message(0)).await;
+                }
+                Err(e) => tracing::debug!("relayed dial from {}: {e}", peer.short()),
             }
         });
     }

@@ -146,6 +146,48 @@ impl TcpSide {
         }
     }
 
+    /// Sends `data` (it must fit in the initial credit) and EOF: one whole message, for the
+    /// streams that carry a request and its answer rather than a TCP connection.
+    pub fn send_message(&self, data: &[u8]) -> Result<(), String> {
+        if data.len() as u64 > self.credit.available() {
+            return Err(format!(
+                "a {}-byte message exceeds the send credit",
+                data.len()
+            ));
+        }
+        for chunk in data.chunks(MAX_PAYLOAD) {
+            let mut buf = BytesMut::zeroed(HEADER_LEN);
+            buf.extend_from_slice(chunk);
+            frame::put_data_header(&mut buf, 0, chunk.len());
+            self.credit.take(chunk.len() as u64);
+            self.engine.send(self.key, FromTcp::Data(buf.freeze()));
+        }
+        self.engine.send(self.key, FromTcp::Eof);
+        Ok(())
+    }
+
+    /// Reads the peer's whole message, up to its EOF; more than `limit` bytes (which must fit
+    /// in the initial credit, so no CREDIT is needed) is an error that resets the stream.
+    pub async fn read_message(&mut self, limit: usize) -> Result<Vec<u8>, String> {
+        let mut got = Vec::new();
+        loop {
+            match self.rx.recv().await {
+                Some(ToTcp::Opened) => {}
+                Some(ToTcp::Data(data)) => {
+                    if got.len() + data.len() > limit {
+                        let why = format!("message longer than {limit} bytes");
+                        self.engine.send(self.key, FromTcp::Reset(why.clone()));
+                        return Err(why);
+                    }
+                    got.extend_from_slice(&data);
+                }
+                Some(ToTcp::Eof) => return Ok(got),
+                Some(ToTcp::Reset(reason)) => return Err(reason),
+                None => return Err("the stream ended before the message did".to_owned()),
+            }
+        }
+    }
+
     /// Moves bytes both ways until both directions are done or the stream is reset.
     pub async fn pump(self, tcp: TcpStream) -> End {
         self.pump_with(tcp, Bytes::new()).await
