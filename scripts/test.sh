@@ -21,6 +21,9 @@ needs=(
   avahi-daemon:avahi-daemon
   avahi-browse:avahi-utils
   dbus-daemon:dbus
+  chromium:chromium
+  node:nodejs
+  npm:npm
 )
 missing=()
 for pair in "${needs[@]}"; do
@@ -48,11 +51,19 @@ python3 -m venv --help >/dev/null 2>&1 || {
   [ "$(id -u)" -eq 0 ] || { echo "scripts/test.sh: needs python3-venv: apt-get install python3-venv" >&2; exit 1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
 }
-# Python peers (aioice) live in a venv of their own under target/.
-if ! target/pyvenv/bin/python -c "import aioice" >/dev/null 2>&1; then
-  say "python venv with aioice"
+# Python peers (aioice, aiortc) live in a venv of their own under target/.
+if ! target/pyvenv/bin/python -c "import aioice, aiortc" >/dev/null 2>&1; then
+  say "python venv with aioice and aiortc"
   python3 -m venv target/pyvenv
-  target/pyvenv/bin/pip install -q aioice
+  target/pyvenv/bin/pip install -q aioice aiortc
+fi
+# The Chromium driver (agent/tests/browser/chromium.cjs) attaches to Debian's chromium over CDP
+# with playwright-core from target/npm (no browser download); pinned so that a new release
+# cannot change the driver under us.
+PLAYWRIGHT_CORE=1.65.1
+if [ "$(node -p "require('./target/npm/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_CORE" ]; then
+  say "npm: playwright-core@$PLAYWRIGHT_CORE into target/npm"
+  npm install --prefix target/npm --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_CORE"
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

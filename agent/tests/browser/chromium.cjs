@@ -6,7 +6,7 @@
 //
 //   node chromium.cjs --url http://10.77.0.1:8080/ [--bytes N] [--target svc:echo] [--to ID]
 //        [--turn turn:IP:3478?transport=udp --turn-user U --turn-pass P] [--relay-only]
-//        [--timeout-s 120] [--user-data-dir DIR] [--identity-only]
+//        [--timeout-s 120] [--user-data-dir DIR] [--identity-only] [--secure-origin]
 //
 // playwright-core (npm, no browser download) comes from NODE_PATH, else from target/npm of this
 // checkout: `npm install --prefix target/npm playwright-core@1.65.1` (scripts/test.sh does it).
@@ -35,7 +35,7 @@ function loadPlaywright() {
 
 function args(argv) {
   const o = { bytes: 1 << 20, target: "svc:echo", timeoutS: 120 };
-  const flags = { "--relay-only": "relayOnly", "--identity-only": "identityOnly" };
+  const flags = { "--relay-only": "relayOnly", "--identity-only": "identityOnly", "--secure-origin": "secureOrigin" };
   const vals = {
     "--url": "url", "--bytes": "bytes", "--target": "target", "--to": "to", "--turn": "turn",
     "--turn-user": "turnUser", "--turn-pass": "turnPass", "--timeout-s": "timeoutS",
@@ -113,6 +113,10 @@ async function main() {
     "--user-data-dir=" + udd, "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
     "about:blank",
   ];
+  // A plain-http LAN origin is not a secure context: no crypto.subtle, and the page uses its
+  // plain-JS SHA-256/ECDSA. --secure-origin makes Chromium treat the gateway's origin as secure,
+  // so the WebCrypto path (non-extractable key) runs against the gateway too.
+  if (o.secureOrigin) flags.unshift("--unsafely-treat-insecure-origin-as-secure=" + new URL(o.url).origin);
   chrome = spawn(o.chromium || "/usr/bin/chromium", flags, {
     detached: true,
     stdio: ["ignore", log, log],
