@@ -339,6 +339,7 @@ async fn serve(
                 &counters,
                 &dtls_counters,
                 &session_counters,
+                &signaling.counters,
                 discovery_counters.as_deref(),
             ),
             _ = sdnotify::watchdog_tick(&mut watchdog) => supervision.notify("WATCHDOG=1"),
@@ -378,6 +379,7 @@ async fn serve(
         &counters,
         &dtls_counters,
         &session_counters,
+        &signaling.counters,
         discovery_counters.as_deref(),
     );
     tracing::info!("stopped");
@@ -390,13 +392,14 @@ fn log_counters(
     counters: &[Arc<turn_gw::Counters>],
     dtls: &[Arc<crate::dtls::DtlsCounters>],
     sessions: &crate::session::SessionCounters,
+    signal: &crate::signal::SignalCounters,
     discovery: Option<&crate::discovery::DiscoveryCounters>,
 ) {
     let snapshots = counters
         .iter()
         .map(|c| c.snapshot())
         .chain(dtls.iter().map(|d| d.snapshot()))
-        .chain([sessions.snapshot()])
+        .chain([sessions.snapshot(), signal.snapshot()])
         .chain(discovery.map(|d| d.snapshot()));
     let line: Vec<String> = sum_by_name(snapshots)
         .into_iter()

@@ -375,7 +375,7 @@ fn chromium_reaches_a_node_behind_the_gateway_by_its_id() {
             ),
         ),
     };
-    let gw = gateway_in(&lan, 0, 1, gw_dir, "");
+    let mut gw = gateway_in(&lan, 0, 1, gw_dir, "");
     assert_eq!(gw.id(), gw_id);
     poll_until(
         "the node has a session up with the gateway",
@@ -421,6 +421,68 @@ fn chromium_reaches_a_node_behind_the_gateway_by_its_id() {
     // The page pins the answer's fingerprint to the ID it asked for: end to end with the node.
     assert_eq!(v["session"]["peer"], node_id, "{v}");
     assert_eq!(v["session"]["gateway"], gw_id, "{v}");
+    assert_eq!(v["dtls"]["remote"]["type"], "host", "{v}");
+
+    // Now the browser cannot reach the node (its packets to the node go to a neighbour that does
+    // not exist, so they vanish, as across a router without a route): the relay candidate the
+    // gateway added to the node's answer carries the session, still end to end with the node.
+    // (A blackhole route would not do: the send errors make Chromium give up the whole local
+    // port, relay pairs included.)
+    let v4 = lan.ipv4(1).octets();
+    let v6 = lan.ipv6(1).segments();
+    let nowhere4 = format!("{}.{}.{}.99", v4[0], v4[1], v4[2]);
+    let nowhere6 = std::net::Ipv6Addr::new(v6[0], v6[1], 0, 0, 0, 0, 0, 0x99).to_string();
+    for (family, prefix, via) in [
+        ("-4", format!("{}/32", lan.ipv4(2)), nowhere4),
+        ("-6", format!("{}/128", lan.ipv6(2)), nowhere6),
+    ] {
+        let (status, _, err) = run_with_timeout(
+            Command::new("ip").args([
+                "-n",
+                lan.ns(1),
+                family,
+                "route",
+                "add",
+                &prefix,
+                "via",
+                &via,
+            ]),
+            Duration::from_secs(10),
+        );
+        assert!(status.success(), "ip route add {prefix} via {via}: {err}");
+    }
+    let (status, v, err) = chromium(
+        &lan,
+        1,
+        &[
+            "--url",
+            &url(&lan, 0),
+            "--to",
+            &node_id,
+            "--bytes",
+            "1000000",
+            "--target",
+            "svc:echo",
+        ],
+    );
+    assert_echoed(
+        "chromium echo to an unreachable node through the gateway's relay",
+        status,
+        &v,
+        &err,
+        1_000_000,
+    );
+    assert_eq!(v["session"]["peer"], node_id, "{v}");
+    assert_eq!(v["dtls"]["remote"]["type"], "relay", "{v}");
+    assert_eq!(
+        v["dtls"]["remote"]["address"],
+        lan.ipv4(0).to_string(),
+        "{v}"
+    );
+    assert!(
+        gw.node.counter("signal_dials_relayed") >= 2,
+        "the gateway relayed both dials"
+    );
 }
 
 /// One HTTP/1.1 request from host `from` to `addr`: (status code, body). The body is read to

@@ -347,7 +347,7 @@ impl Signaling {
                 format!("node {to} has no session with this gateway"),
             ));
         };
-        let request = format!("sub {caller}\n\n{offer_text}");
+        let request = format!("sub {caller}\ncaller {}\n\n{offer_text}", peer.ip());
         let exchange = async {
             let mut side = self.mesh.open(to, DIAL_TARGET)?;
             side.opened().await?;
@@ -441,10 +441,16 @@ impl Dialer for Signaling {
         let Some((head, offer_text)) = text.split_once("\n\n") else {
             return reply("400", "no blank line after the request head");
         };
-        let Some(caller) = head
-            .strip_prefix("sub ")
-            .and_then(|s| s.trim().parse::<NodeId>().ok())
-        else {
+        let mut caller = None;
+        let mut caller_ip = None;
+        for line in head.lines() {
+            if let Some(id) = line.strip_prefix("sub ") {
+                caller = id.trim().parse::<NodeId>().ok();
+            } else if let Some(ip) = line.strip_prefix("caller ") {
+                caller_ip = ip.trim().parse::<IpAddr>().ok();
+            }
+        }
+        let Some(caller) = caller else {
             return reply("400", "the request names no caller (`sub <node id>`)");
         };
         let offer = match sdp::parse_offer(offer_text) {
@@ -458,12 +464,15 @@ impl Dialer for Signaling {
             bump(&self.counters.forbidden);
             return reply("403", &why);
         }
-        let hosts: Vec<SocketAddr> = crate::gateway::own_addresses()
-            .into_iter()
-            .filter(|ip| usable_host(*ip))
-            .filter_map(|ip| self.candidate_for(ip))
-            .take(MAX_HOST_CANDIDATES)
-            .collect();
+        let hosts: Vec<SocketAddr> = best_host(
+            crate::gateway::own_addresses()
+                .into_iter()
+                .filter(|ip| usable_host(*ip))
+                .filter_map(|ip| self.candidate_for(ip)),
+            caller_ip,
+        )
+        .into_iter()
+        .collect();
         match self.answer(&offer, &hosts, &[]) {
             Ok(answer) => {
                 bump(&self.counters.answered);
@@ -477,6 +486,40 @@ impl Dialer for Signaling {
             Err((_, why)) => reply("503", &why),
         }
     }
+}
+
+/// The one host candidate a node offers: of the caller's family and sharing the longest prefix
+/// with it (the caller's own subnet, when the node is on it), else the first.
+///
+/// One, not one per interface: a controlling agent may move a connection to a pair it likes
+/// better (Chromium prefers IPv6) after DTLS started on the first, and our DTLS sessions are
+/// keyed by the remote address, so the moved traffic would land on no session (ICE-lite does
+/// not follow such switches yet). The gateway's relay candidate, lower in priority, is the
+/// fallback.
+fn best_host(
+    hosts: impl Iterator<Item = SocketAddr>,
+    caller: Option<IpAddr>,
+) -> Option<SocketAddr> {
+    let common = |a: IpAddr, b: IpAddr| -> u32 {
+        match (a, b) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+            _ => 0,
+        }
+    };
+    let mut hosts: Vec<SocketAddr> = hosts.take(MAX_HOST_CANDIDATES * 4).collect();
+    match caller {
+        Some(ip) => {
+            hosts.sort_by_key(|h| {
+                (
+                    std::cmp::Reverse(h.is_ipv4() == ip.is_ipv4()),
+                    std::cmp::Reverse(common(h.ip(), ip)),
+                )
+            });
+        }
+        None => hosts.sort_by_key(|h| !h.is_ipv4()),
+    }
+    hosts.first().copied()
 }
 
 /// An interface address worth offering as a host candidate.
@@ -735,6 +778,27 @@ mod tests {
         // Later their buckets are full again and they are forgotten.
         assert!(l.allow(t0 + Duration::from_secs(10), "192.0.2.1".parse().unwrap()));
         assert_eq!(l.buckets.len(), 1);
+    }
+
+    #[test]
+    fn a_node_offers_the_host_address_nearest_the_caller() {
+        let hosts = [
+            "192.168.1.5:3478",
+            "[fd77::3]:3478",
+            "10.77.0.3:3478",
+            "10.1.0.3:3478",
+        ]
+        .map(|h| h.parse::<SocketAddr>().unwrap());
+        let best = |caller: Option<&str>| {
+            best_host(hosts.iter().copied(), caller.map(|c| c.parse().unwrap()))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(best(Some("10.77.0.2")), "10.77.0.3:3478");
+        assert_eq!(best(Some("192.168.1.77")), "192.168.1.5:3478");
+        assert_eq!(best(Some("fd77::2")), "[fd77::3]:3478");
+        assert_eq!(best(None), "192.168.1.5:3478");
+        assert_eq!(best_host(std::iter::empty(), None), None);
     }
 
     #[test]
