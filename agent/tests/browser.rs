@@ -488,6 +488,18 @@ fn chromium_reaches_a_node_behind_the_gateway_by_its_id() {
 /// One HTTP/1.1 request from host `from` to `addr`: (status code, body). The body is read to
 /// the connection's close; chunked framing, if any, stays in it (reasons are matched by words).
 fn request(lan: &Lan, from: usize, addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let (code, _, body) = request_with_head(lan, from, addr, head, body);
+    (code, body)
+}
+
+/// [`request`], with the answer's head too.
+fn request_with_head(
+    lan: &Lan,
+    from: usize,
+    addr: SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     lan.enter(from, || {
         let limit = Duration::from_secs(10);
         let mut tcp = TcpStream::connect_timeout(&addr, limit)
@@ -513,7 +525,7 @@ fn request(lan: &Lan, from: usize, addr: SocketAddr, head: &str, body: &[u8]) ->
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status in {head:?}"));
-        (code, body.to_owned())
+        (code, head.to_owned(), body.to_owned())
     })
 }
 
@@ -610,6 +622,31 @@ fn bad_tokens_sdp_and_floods_get_their_status_codes() {
         "20 rapid POSTs: {codes:?}"
     );
 
+    // CORS: a page from another origin may ask (preflight), and every answer says so; and the
+    // gateway's clock is in Date.
+    let (code, head, _) = request_with_head(
+        &lan,
+        1,
+        addr,
+        "OPTIONS /v1/dial HTTP/1.1\r\nOrigin: http://10.99.0.1:8000\r\n\
+         Access-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization, content-type",
+        b"",
+    );
+    assert_eq!(code, 204, "{head}");
+    let head = head.to_ascii_lowercase();
+    for want in [
+        "access-control-allow-origin: *",
+        "access-control-allow-methods: get, post, options",
+        "access-control-allow-headers: authorization, content-type",
+        "date: ",
+    ] {
+        assert!(
+            head.contains(want),
+            "preflight answer lacks {want:?}: {head}"
+        );
+    }
+
     // The gateway is still there, and still serves.
     assert!(
         gw.node.proc.wait_for_exit(Duration::ZERO).is_none(),
@@ -631,4 +668,15 @@ fn bad_tokens_sdp_and_floods_get_their_status_codes() {
         .unwrap();
     assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("meshgate_"), "{metrics}");
+    for family in [
+        "meshgate_signal_refused_rate_limited_total",
+        "meshgate_signal_refused_unauthorized_total",
+        "meshgate_signal_refused_bad_request_total",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(family))
+            .unwrap_or_else(|| panic!("no {family} in /metrics"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
 }
