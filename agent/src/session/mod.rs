@@ -1397,20 +1397,7 @@ impl Engine {
                 return;
             }
         };
-        let key = tcp::next_key();
-        let engine: Arc<dyn EngineTx> = self.tx.clone();
-        let (side, tcp_side) = tcp::stream_pair(key, engine);
-        let stream = Stream::new(
-            peer,
-            target.clone(),
-            side,
-            StreamState::Connecting,
-            Some((remote, channel)),
-        );
-        self.streams.insert(key, stream);
-        self.channels.insert((remote, channel), Chan::Stream(key));
-        bump(&self.counters.streams_opened);
-        self.counters.streams.fetch_add(1, Ordering::Relaxed);
+        let (key, tcp_side) = self.accept_stream(remote, channel, peer, target.clone());
         tracing::debug!("stream from {} to {target} ({hp})", peer.short());
         tokio::spawn(async move {
             let addr = hp.to_string();
@@ -1436,19 +1423,21 @@ impl Engine {
         });
     }
 
-    /// A gateway hands us a browser's offer: the answer comes from the [`Dialer`], in a task.
-    fn accept_dial(&mut self, now: Instant, remote: SocketAddr, channel: u16, peer: NodeId) {
-        let Some(dialer) = self.mesh.dialer.get().cloned() else {
-            let why = "this node takes no relayed dials";
-            self.end_channel(now, remote, channel, Some(Frame::open_err_truncated(why)));
-            return;
-        };
+    /// The peer's stream on `channel` to `target`, accepted: the engine's half is registered,
+    /// the other half is for the task that serves it.
+    fn accept_stream(
+        &mut self,
+        remote: SocketAddr,
+        channel: u16,
+        peer: NodeId,
+        target: String,
+    ) -> (StreamKey, TcpSide) {
         let key = tcp::next_key();
         let engine: Arc<dyn EngineTx> = self.tx.clone();
-        let (side, mut tcp_side) = tcp::stream_pair(key, engine);
+        let (side, tcp_side) = tcp::stream_pair(key, engine);
         let stream = Stream::new(
             peer,
-            DIAL_TARGET.to_owned(),
+            target,
             side,
             StreamState::Connecting,
             Some((remote, channel)),
@@ -1457,6 +1446,17 @@ impl Engine {
         self.channels.insert((remote, channel), Chan::Stream(key));
         bump(&self.counters.streams_opened);
         self.counters.streams.fetch_add(1, Ordering::Relaxed);
+        (key, tcp_side)
+    }
+
+    /// A gateway hands us a browser's offer: the answer comes from the [`Dialer`], in a task.
+    fn accept_dial(&mut self, now: Instant, remote: SocketAddr, channel: u16, peer: NodeId) {
+        let Some(dialer) = self.mesh.dialer.get().cloned() else {
+            let why = "this node takes no relayed dials";
+            self.end_channel(now, remote, channel, Some(Frame::open_err_truncated(why)));
+            return;
+        };
+        let (key, mut tcp_side) = self.accept_stream(remote, channel, peer, DIAL_TARGET.to_owned());
         tokio::spawn(async move {
             tcp_side.engine.send(key, FromTcp::Connected(Ok(())));
             let request =
